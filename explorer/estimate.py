@@ -1,0 +1,336 @@
+"""``estimate``: price a counted program on a target, under a pass pipeline.
+
+The result says how long, why (which bound, which ops, which layers), and what it
+could not price (unknown ops, loops with unknown trip counts), in every result.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from tabulate import tabulate
+
+from passes.plan import Kernel, Plan
+
+from . import liveness, names, timing
+from .costs import Work
+from .program import Program
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    """One kernel, over all its executions in one program run."""
+
+    name: str
+    ops: tuple[int, ...]
+    layer: str
+    phase: str
+    executions: float
+    flops: float
+    transcendentals: float
+    bytes_moved: float
+    collective_bytes: float
+    compute_s: float          # per execution
+    memory_s: float
+    comm_s: float
+    overhead_s: float
+    bound: str
+
+    @property
+    def seconds(self) -> float:
+        """Time of all executions."""
+        return (max(self.compute_s, self.memory_s, self.comm_s) + self.overhead_s) * self.executions
+
+
+class UnknownOpsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Estimate:
+    program: str
+    target: str
+    pipeline: str
+    kernels: tuple[KernelRow, ...]
+    flops: float
+    transcendentals: float
+    bytes_accessed: float
+    peak_memory_bytes: int
+    memory_capacity_bytes: float
+    live_at_peak: tuple[tuple[str, int], ...]
+    unknown_ops: Mapping[str, int]
+    unknown_loops: tuple[str, ...]
+    peak_matrix_flops_per_s: float
+    plan_notes: tuple[str, ...] = ()
+    _op_rows: tuple[dict, ...] = field(default=(), repr=False)
+
+    # -- totals: every kernel's time is attributed to its bound; the parts add up to ``seconds``
+    def _by_bound(self, bound: str) -> float:
+        return float(sum(max(k.compute_s, k.memory_s, k.comm_s) * k.executions for k in self.kernels
+                         if k.bound == bound or (bound == "compute" and k.bound == "overhead" and False)))
+
+    @property
+    def overhead_seconds(self) -> float:
+        return float(sum(k.overhead_s * k.executions for k in self.kernels))
+
+    @property
+    def compute_seconds(self) -> float:
+        return self._attributed("compute")
+
+    @property
+    def memory_seconds(self) -> float:
+        return self._attributed("memory")
+
+    @property
+    def comm_seconds(self) -> float:
+        return self._attributed("communication")
+
+    def _attributed(self, which: str) -> float:
+        total = 0.0
+        for k in self.kernels:
+            body = max(k.compute_s, k.memory_s, k.comm_s)
+            if body == 0:
+                continue
+            winner = "communication" if (k.comm_s == body and k.comm_s > 0) else (
+                "compute" if k.compute_s >= k.memory_s else "memory")
+            if winner == which:
+                total += body * k.executions
+        return total
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(k.seconds for k in self.kernels))
+
+    @property
+    def fits_in_memory(self) -> bool:
+        return self.peak_memory_bytes <= self.memory_capacity_bytes
+
+    @property
+    def bound(self) -> str:
+        parts = {"compute": self.compute_seconds, "memory": self.memory_seconds,
+                 "communication": self.comm_seconds, "overhead": self.overhead_seconds}
+        return max(parts, key=lambda k: (parts[k], k))
+
+    @property
+    def mfu(self) -> float:
+        """Model flops utilisation: counted flops / (time x the target's peak bf16 matrix rate)."""
+        return self.flops / (self.seconds * self.peak_matrix_flops_per_s) if self.seconds else 0.0
+
+    @property
+    def num_kernels(self) -> int:
+        return len(self.kernels)
+
+    # -- breakdowns -----------------------------------------------------------
+    def op_rows(self) -> list[dict]:
+        """Per op: its counted work over all executions (ops in a fused kernel share the kernel's time)."""
+        return [dict(r) for r in self._op_rows]
+
+    def layer_rows(self, depth: int | None = None) -> list[dict]:
+        """Per layer (name-stack path cut at ``depth`` components): time, share, bound."""
+        return self._group(lambda k: names.layer_at_depth(k.layer, depth), "layer")
+
+    def phase_rows(self) -> list[dict]:
+        return self._group(lambda k: k.phase, "phase")
+
+    def _group(self, key, label: str) -> list[dict]:
+        groups: dict[str, dict[str, float]] = {}
+        for k in self.kernels:
+            g = groups.setdefault(key(k), {"seconds": 0.0, "flops": 0.0, "bytes": 0.0, "kernels": 0,
+                                            "compute": 0.0, "memory": 0.0, "communication": 0.0, "overhead": 0.0})
+            g["seconds"] += k.seconds
+            g["flops"] += k.flops
+            g["bytes"] += k.bytes_moved
+            g["kernels"] += 1
+            g[k.bound] += k.seconds
+        total = self.seconds or 1.0
+        rows = []
+        for name, g in groups.items():
+            bound = max(("compute", "memory", "communication", "overhead"), key=lambda b: g[b])
+            rows.append({label: name, "seconds": g["seconds"], "share": g["seconds"] / total, "flops": g["flops"],
+                         "bytes": g["bytes"], "kernels": int(g["kernels"]), "bound": bound})
+        rows.sort(key=lambda r: (-r["seconds"], r[label]))
+        return rows
+
+    def top_kernels(self, n: int = 15) -> list[KernelRow]:
+        return sorted(self.kernels, key=lambda k: (-k.seconds, k.ops))[:n]
+
+    # -- rendering ------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return {
+            "program": self.program, "target": self.target, "pipeline": self.pipeline,
+            "seconds": self.seconds, "compute_seconds": self.compute_seconds, "memory_seconds": self.memory_seconds,
+            "comm_seconds": self.comm_seconds, "overhead_seconds": self.overhead_seconds, "bound": self.bound,
+            "flops": self.flops, "transcendentals": self.transcendentals, "bytes_accessed": self.bytes_accessed,
+            "kernels": self.num_kernels, "mfu": self.mfu, "peak_memory_bytes": self.peak_memory_bytes,
+            "memory_capacity_bytes": self.memory_capacity_bytes, "fits_in_memory": self.fits_in_memory,
+            "unknown_ops": dict(self.unknown_ops), "unknown_loops": list(self.unknown_loops),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: totals, per-layer, per-phase and per-kernel rows."""
+        d = self.summary()
+        d["layers"] = self.layer_rows()
+        d["phases"] = self.phase_rows()
+        d["live_at_peak"] = [{"tensor": n, "bytes": b} for n, b in self.live_at_peak]
+        d["kernels_detail"] = [
+            {"name": k.name, "layer": k.layer, "phase": k.phase, "executions": k.executions, "ops": list(k.ops),
+             "flops": k.flops, "bytes": k.bytes_moved, "compute_s": k.compute_s, "memory_s": k.memory_s,
+             "comm_s": k.comm_s, "overhead_s": k.overhead_s, "seconds": k.seconds, "bound": k.bound}
+            for k in self.kernels]
+        d["notes"] = list(self.plan_notes)
+        return d
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def table(self, top: int = 15, layer_depth: int | None = 2) -> str:
+        """Totals, the per-layer breakdown and the top kernels, as text tables."""
+        s = self.summary()
+        head = [
+            ["program", self.program], ["target", self.target], ["pipeline", self.pipeline or "(none)"],
+            ["time", fmt_seconds(self.seconds)],
+            ["  compute-bound", fmt_seconds(self.compute_seconds)], ["  memory-bound", fmt_seconds(self.memory_seconds)],
+            ["  communication-bound", fmt_seconds(self.comm_seconds)], ["  launch overhead", fmt_seconds(self.overhead_seconds)],
+            ["bound", self.bound], ["flops", f"{self.flops:.4g}"], ["bytes accessed", fmt_bytes(self.bytes_accessed)],
+            ["kernels", str(self.num_kernels)], ["MFU (bf16 peak)", f"{self.mfu:.1%}"],
+            ["peak memory", f"{fmt_bytes(self.peak_memory_bytes)} of {fmt_bytes(self.memory_capacity_bytes)}"
+             + ("" if self.fits_in_memory else "  DOES NOT FIT")],
+            ["unknown ops", ", ".join(f"{k} x{v}" for k, v in s["unknown_ops"].items()) or "none"],
+        ]
+        if self.unknown_loops:
+            head.append(["unknown trip counts", "; ".join(self.unknown_loops) + " (counted once)"])
+        out = [tabulate(head, tablefmt="plain")]
+        layers = self.layer_rows(layer_depth)[:top]
+        out.append("\nper layer:\n" + tabulate(
+            [[r["layer"], fmt_seconds(r["seconds"]), f"{r['share']:.1%}", f"{r['flops']:.3g}", fmt_bytes(r["bytes"]),
+              r["kernels"], r["bound"]] for r in layers],
+            headers=["layer", "time", "share", "flops", "bytes", "kernels", "bound"]))
+        out.append("\nper phase:\n" + tabulate(
+            [[r["phase"], fmt_seconds(r["seconds"]), f"{r['share']:.1%}", r["bound"]] for r in self.phase_rows()],
+            headers=["phase", "time", "share", "bound"]))
+        total = self.seconds or 1.0
+        out.append(f"\ntop {top} kernels:\n" + tabulate(
+            [[k.name, k.layer, k.phase, f"{k.executions:g}", f"{k.flops:.3g}", fmt_bytes(k.bytes_moved),
+              fmt_seconds(k.seconds), f"{k.seconds / total:.1%}", k.bound] for k in self.top_kernels(top)],
+            headers=["kernel", "layer", "phase", "runs", "flops", "bytes", "time", "share", "bound"]))
+        return "\n".join(out)
+
+    def _repr_html_(self) -> str:
+        s = self.summary()
+        head = tabulate([[k, v] for k, v in s.items() if not isinstance(v, (dict, list))], tablefmt="html")
+        layers = tabulate([[r["layer"], fmt_seconds(r["seconds"]), f"{r['share']:.1%}", r["bound"]] for r in self.layer_rows(2)[:20]],
+                          headers=["layer", "time", "share", "bound"], tablefmt="html")
+        return f"<h4>Estimate</h4>{head}<h4>per layer</h4>{layers}"
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def fmt_seconds(s: float) -> str:
+    if s == 0:
+        return "0"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3f} {unit}"
+    return f"{s / 1e-9:.3f} ns"
+
+
+def fmt_bytes(b: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(b) >= scale:
+            return f"{b / scale:.2f} {unit}"
+    return f"{b:.0f} B"
+
+
+def default_kernels(program: Program) -> tuple[Kernel, ...]:
+    """Every op that launches a kernel is its own kernel (no fusion)."""
+    out = []
+    for op, w, k in zip(program.graph.ops, program.works, program.weights):
+        if w is None or k == 0 or not w.launches_kernel:
+            continue
+        out.append(Kernel(ops=(op.id,), bytes_in=w.bytes_read, bytes_out=w.bytes_written, kind="single"))
+    return tuple(out)
+
+
+def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict: bool = False) -> Estimate:
+    """Price ``program`` on ``target`` under the decisions in ``plan``."""
+    if strict and program.unknown_ops:
+        raise UnknownOpsError(f"{program.graph.name}: no cost rule for " +
+                              ", ".join(f"{k} x{v}" for k, v in program.unknown_ops.items()))
+    graph = program.graph
+    kernels = plan.kernels if plan.kernels is not None else default_kernels(program)
+    rows: list[KernelRow] = []
+    op_rows: list[dict] = []
+    total_flops = total_trans = total_bytes = 0.0
+    for kern in kernels:
+        works = [program.works[o] for o in kern.ops if program.works[o] is not None]
+        runs = program.weights[kern.ops[0]]
+        if runs == 0:
+            continue
+        bw, lat = _placement_bandwidth(program, target, plan, kern)
+        t = timing.kernel_time(target, works, kern.bytes_moved, bandwidth_bytes_per_s=bw, latency_s=lat)
+        lead = _lead_op(program, kern.ops)
+        phase, layer, prim = names.parse(graph.ops[lead].name_stack)
+        label = prim or graph.ops[lead].short_name
+        if len(kern.ops) > 1:
+            label = f"fusion[{label}+{len(kern.ops) - 1}]"
+        flops = sum(w.flops for w in works)
+        trans = sum(w.transcendentals for w in works)
+        rows.append(KernelRow(
+            name=label, ops=kern.ops, layer=layer, phase=phase, executions=runs, flops=flops * runs,
+            transcendentals=trans * runs, bytes_moved=kern.bytes_moved * runs,
+            collective_bytes=sum(w.collective_bytes for w in works) * runs,
+            compute_s=t.compute_s, memory_s=t.memory_s, comm_s=t.comm_s, overhead_s=t.overhead_s, bound=t.bound))
+        total_flops += flops * runs
+        total_trans += trans * runs
+        total_bytes += kern.bytes_moved * runs
+    for op, w, k in zip(graph.ops, program.works, program.weights):
+        if w is None or k == 0:
+            continue
+        phase, layer, prim = names.parse(op.name_stack)
+        op_rows.append({"op": op.id, "name": op.name, "primitive": prim, "layer": layer, "phase": phase,
+                        "executions": k, "flops": w.flops * k, "transcendentals": w.transcendentals * k,
+                        "bytes_unfused": w.bytes_accessed * k, "dtype": w.dtype})
+    rows = _mark_phases(rows)
+    live = liveness.analyse(graph)
+    return Estimate(
+        program=graph.name, target=target.name, pipeline=pipeline_text, kernels=tuple(rows), flops=total_flops,
+        transcendentals=total_trans, bytes_accessed=total_bytes, peak_memory_bytes=live.peak_bytes,
+        memory_capacity_bytes=target.main_memory.capacity_bytes,
+        live_at_peak=tuple((t.producer, t.nbytes) for t in live.live_at_peak),
+        unknown_ops=program.unknown_ops,
+        unknown_loops=tuple(f"{lp.name_stack} ({lp.reason})" for lp in program.unknown_loops),
+        peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes, _op_rows=tuple(op_rows))
+
+
+def _placement_bandwidth(program: Program, target, plan: Plan, kern: Kernel) -> tuple[float | None, float | None]:
+    """Bandwidth and latency of the memory level the kernel's traffic goes to (main memory unless placed)."""
+    if not plan.placement:
+        return None, None
+    levels = {plan.placement.get(v) for o in kern.ops for v in program.graph.ops[o].results}
+    levels.discard(None)
+    if len(levels) == 1:
+        lvl = target.memory_level(levels.pop())
+        return lvl.bandwidth_bytes_per_s, lvl.latency_s
+    return None, None
+
+
+def _lead_op(program: Program, ops: Sequence[int]) -> int:
+    """The op that names a kernel: the one with the most counted work."""
+    def size(o: int) -> tuple[float, int]:
+        w = program.works[o]
+        return ((w.matrix_flops * 4 + w.vector_flops + w.transcendentals + w.bytes_accessed) if w else 0.0, -o)
+    return max(ops, key=size)
+
+
+def _mark_phases(rows: list[KernelRow]) -> list[KernelRow]:
+    """In a program with autodiff, work outside forward/backward is the optimizer update."""
+    if not any(r.phase in ("forward", "backward") for r in rows):
+        return [r if r.phase != "other" else _with_phase(r, "forward") for r in rows]
+    return [r if r.phase != "other" else _with_phase(r, "optimizer") for r in rows]
+
+
+def _with_phase(r: KernelRow, phase: str) -> KernelRow:
+    from dataclasses import replace
+    return replace(r, phase=phase)

@@ -1,0 +1,140 @@
+"""The project's own graph IR: a read-only, flattened view of a StableHLO module.
+
+Why flat: every cost question ("how much work, where, how often") is a sum over
+ops weighted by how many times they run. Calls are inlined per call site (so each
+op keeps its full JAX name stack), and structured control flow is kept as
+*frames* on each op (which ``while`` it sits in, which ``case`` branch), so loop
+trip counts and branch choices are decided later, per program, without touching
+the graph.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+# Bytes per element for StableHLO element types. Sub-byte types are rounded up
+# per element, as XLA stores them unpacked unless told otherwise.
+_DTYPE_BYTES = {
+    "f64": 8, "f32": 4, "tf32": 4, "bf16": 2, "f16": 2,
+    "i64": 8, "i32": 4, "i16": 2, "i8": 1, "i4": 1, "i2": 1, "i1": 1,
+    "ui64": 8, "ui32": 4, "ui16": 2, "ui8": 1, "ui4": 1, "ui2": 1,
+    "complex<f32>": 8, "complex<f64>": 16,
+}
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Storage bytes of one element of a StableHLO element type (f8* = 1, f4/f6 = 1)."""
+    if dtype in _DTYPE_BYTES:
+        return _DTYPE_BYTES[dtype]
+    if dtype.startswith(("f8", "f6", "f4")):
+        return 1
+    if dtype.startswith("!stablehlo.token") or dtype == "token":
+        return 0
+    raise ValueError(f"unknown element type {dtype!r}")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Shape and element type of one SSA value (a token or opaque type has shape () and 0 bytes)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        if self.dtype in ("token", "opaque"):
+            return 0
+        return self.elements * dtype_bytes(self.dtype)
+
+    def __str__(self) -> str:
+        return f"{'x'.join(map(str, self.shape))}{'x' if self.shape else ''}{self.dtype}"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One enclosing structured-control-flow region of an op.
+
+    kind "while": the op runs once per iteration of loop ``op_id``.
+    kind "case": the op belongs to branch ``branch`` of case/if ``op_id``.
+    """
+
+    kind: str
+    op_id: int
+    branch: int = 0
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation, after inlining. ``attrs`` holds plain Python values only."""
+
+    id: int
+    name: str                     # e.g. "stablehlo.dot_general", "chlo.erf", "stablehlo.custom_call"
+    operands: tuple[int, ...]     # value ids
+    results: tuple[int, ...]      # value ids
+    attrs: Mapping[str, Any]
+    name_stack: str               # JAX name stack, e.g. "jit(step)/transpose(jvp(GPT))/Block_3/Dense_0/dot_general"
+    frames: tuple[Frame, ...] = ()
+    regions: tuple[tuple[int, ...], ...] = ()   # ids of ops directly inside each region (structured ops)
+    body_flops: float = 0.0       # flops of one application of an attached computation (reduce/sort/scatter)
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class LoopInfo:
+    """A ``stablehlo.while`` loop and what the importer could infer about it."""
+
+    op_id: int
+    name_stack: str
+    trip_count: int | None        # None: could not be inferred
+    reason: str                   # how it was inferred, or why not
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A whole imported program. Read-only; passes write decisions elsewhere."""
+
+    name: str
+    values: tuple[TensorType, ...]
+    ops: tuple[Op, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    input_names: tuple[str, ...]
+    loops: tuple[LoopInfo, ...] = ()
+    escaping: frozenset[int] = frozenset()   # values returned from a loop/branch region (read by the next iteration or the parent)
+    producers: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def value(self, vid: int) -> TensorType:
+        return self.values[vid]
+
+    def op(self, oid: int) -> Op:
+        return self.ops[oid]
+
+    def producer(self, vid: int) -> Op | None:
+        oid = self.producers.get(vid)
+        return None if oid is None else self.ops[oid]
+
+    def consumers(self) -> dict[int, list[int]]:
+        """value id -> ids of ops reading it (computed on demand; the graph never changes)."""
+        users: dict[int, list[int]] = {}
+        for op in self.ops:
+            for v in op.operands:
+                users.setdefault(v, []).append(op.id)
+        return users
+
+
+def freeze(obj: Any) -> Any:
+    """Deep-freeze attribute payloads so ops stay hashable-ish and immutable."""
+    if isinstance(obj, dict):
+        return MappingProxyType({k: freeze(v) for k, v in obj.items()})
+    if isinstance(obj, (list, tuple)):
+        return tuple(freeze(v) for v in obj)
+    return obj

@@ -1,0 +1,61 @@
+"""JAX name stacks -> (phase, layer, primitive), for attributing costs to the model.
+
+``jit(step)/transpose(jvp(GPT))/Block_3/Dense_0/dot_general`` ->
+phase "backward", layer "GPT/Block_3/Dense_0", primitive "dot_general".
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+# Name-stack components JAX adds for control flow and calls; they are not model layers.
+_PLUMBING = frozenset({
+    "while", "body", "cond", "closed_call", "scan", "checkpoint", "remat", "rematted_computation",
+    "pjit", "core_call", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "cond_fun",
+    "body_fun", "branch", "switch", "shard_map", "xla_call", "call", "",
+})
+_WRAPPERS = ("transpose(", "jvp(", "vmap(", "jit(", "remat(", "checkpoint(", "pjit(", "vjp(", "linearize(")
+
+
+def split_stack(stack: str) -> list[str]:
+    """Split on '/' outside parentheses."""
+    parts, depth, cur = [], 0, []
+    for ch in stack:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "/" and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _unwrap(component: str) -> str:
+    while component.startswith(_WRAPPERS) and component.endswith(")"):
+        component = component[component.index("(") + 1:-1]
+    return component
+
+
+@lru_cache(maxsize=65536)
+def parse(stack: str) -> tuple[str, str, str]:
+    """(phase, layer, primitive). phase: "backward", "forward" or "other"."""
+    parts = split_stack(stack)
+    if parts and parts[0].startswith("jit("):
+        parts = parts[1:]
+    phase = "other"
+    if any(p.startswith("transpose(") for p in parts):
+        phase = "backward"
+    elif any("jvp(" in p for p in parts):
+        phase = "forward"
+    primitive = parts[-1] if parts else ""
+    layer = [u for u in (_unwrap(p) for p in parts[:-1]) if u not in _PLUMBING and not u.startswith("jit(")]
+    return phase, "/".join(layer) or "(top)", primitive
+
+
+def layer_at_depth(layer: str, depth: int | None) -> str:
+    if depth is None or layer == "(top)":
+        return layer
+    return "/".join(layer.split("/")[:depth])

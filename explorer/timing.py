@@ -1,0 +1,108 @@
+"""The cost model: counted work -> seconds on a target.
+
+Per kernel: a roofline with efficiency, refined by what the target describes:
+- matrix work runs at the dtype's matrix peak x achievable efficiency x *shape
+  utilisation*: dims padded to the matrix-unit tile, tiles spread in waves over the
+  matrix units (with split-K when there are fewer tiles than units), so two chips with
+  equal peaks but different tile sizes or unit counts differ;
+- vector work at the vector peak, transcendentals at the transcendental rate;
+- memory traffic at the level's bandwidth x efficiency, plus its latency once per kernel;
+- collectives by an alpha-beta model on the scale-up (or scale-out) network;
+- kernel time = max(compute, memory, communication) + launch overhead.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+from .costs import Gemm, Work
+
+BOUNDS = ("compute", "memory", "communication", "overhead")
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    compute_s: float
+    memory_s: float
+    comm_s: float
+    overhead_s: float
+
+    @property
+    def seconds(self) -> float:
+        return max(self.compute_s, self.memory_s, self.comm_s) + self.overhead_s
+
+    @property
+    def bound(self) -> str:
+        body = max(self.compute_s, self.memory_s, self.comm_s)
+        if self.overhead_s >= body:
+            return "overhead"
+        if body == self.comm_s and self.comm_s > 0:
+            return "communication"
+        return "compute" if self.compute_s >= self.memory_s else "memory"
+
+
+def matrix_utilisation(g: Gemm, tile: tuple[int, int, int], units: int) -> float:
+    """Fraction of the matrix units' peak a GEMM of this shape can use (padding x wave quantisation)."""
+    tm, tn, tk = tile
+    if g.m == 0 or g.n == 0 or g.k == 0 or g.batch == 0:
+        return 1.0
+    mt, nt, kt = math.ceil(g.m / tm), math.ceil(g.n / tn), math.ceil(g.k / tk)
+    padding = (g.m * g.n * g.k) / (mt * tm * nt * tn * kt * tk)
+    tiles = g.batch * mt * nt
+    split_k = min(kt, max(1, units // tiles)) if tiles < units else 1  # libraries split K when tiles are few
+    items = tiles * split_k
+    waves = math.ceil(items / units)
+    return padding * items / (waves * units)
+
+
+def matrix_seconds(target, w: Work) -> float:
+    if not w.matrix_flops:
+        return 0.0
+    rate = target.matrix_rate(w.dtype) * target.efficiency.matrix
+    if w.gemm is not None:
+        rate *= matrix_utilisation(w.gemm, tuple(target.compute.matrix_tile), target.compute.matrix_units)
+    return w.matrix_flops / rate
+
+
+def vector_seconds(target, w: Work) -> float:
+    t = 0.0
+    if w.vector_flops:
+        t += w.vector_flops / (target.vector_rate(w.dtype or "f32") * target.efficiency.vector)
+    if w.transcendentals:
+        t += w.transcendentals / (target.compute.transcendental_per_s * target.efficiency.vector)
+    return t
+
+
+def collective_seconds(target, w: Work) -> float:
+    """Alpha-beta time of one collective on the network its group fits in (ring algorithms)."""
+    n = max(1, w.group_size)
+    if not w.collective or n == 1:
+        return 0.0
+    net = target.scale_up if n <= target.scale_up.domain_size else target.scale_out
+    bw = net.chip_bandwidth_bytes_per_s * net.efficiency
+    alpha, size = net.latency_s, w.collective_bytes
+    if w.collective == "all_reduce":
+        return 2 * (n - 1) * alpha + 2 * (n - 1) / n * size / bw          # reduce-scatter + all-gather rings
+    if w.collective in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) * alpha + (n - 1) / n * size / bw
+    if w.collective == "collective_permute":
+        return alpha + size / (net.link_bandwidth_bytes_per_s * net.efficiency)
+    return (n - 1) * alpha + size / bw
+
+
+def kernel_time(target, works: Iterable[Work], bytes_moved: float, *, bandwidth_bytes_per_s: float | None = None,
+                latency_s: float | None = None, launches: bool = True) -> KernelTime:
+    """Price one kernel: ``works`` are its ops, ``bytes_moved`` what crosses its boundary."""
+    matrix = vector = comm = 0.0
+    for w in works:
+        matrix += matrix_seconds(target, w)
+        vector += vector_seconds(target, w)
+        comm += collective_seconds(target, w)
+    mem_level = target.main_memory
+    bw = (bandwidth_bytes_per_s or mem_level.bandwidth_bytes_per_s) * target.efficiency.memory
+    lat = mem_level.latency_s if latency_s is None else latency_s
+    memory = bytes_moved / bw + (lat if bytes_moved > 0 else 0.0)
+    compute = max(matrix, vector)   # matrix and vector units work concurrently inside one kernel
+    overhead = target.launch_overhead_s if launches else 0.0
+    return KernelTime(compute_s=compute, memory_s=memory, comm_s=comm, overhead_s=overhead)

@@ -1,0 +1,4 @@
+"""Passes: read the graph, the plan so far and the target; return a new plan."""
+from .plan import Kernel, Plan
+
+__all__ = ["Plan", "Kernel"]

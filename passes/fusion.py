@@ -1,0 +1,361 @@
+"""Fusion: which ops become one kernel.
+
+Strategies:
+- ``none``: every op that launches a kernel is its own kernel.
+- ``xla``: XLA-like producer-consumer fusion. Elementwise, convert and data-movement
+  producers fuse into their consumers ("loop fusion"); they fuse into a reduction
+  ("input fusion"); a matmul/convolution takes its elementwise consumers as an epilogue
+  ("output fusion", when ``matmul_epilogue``); cheap generators (broadcast, iota,
+  constants) are duplicated into every consumer instead of materialised; sibling ops that
+  read the same large input fuse into one multi-output kernel (``multi_output``).
+  A reduction's result is never fused into its consumers, and at most one matmul per kernel.
+- ``aggressive``: as ``xla``, and also chains through matmuls (e.g. attention as one
+  kernel) and through reductions; an intermediate larger than the target's on-chip
+  capacity spills (written and read back once).
+
+A fused kernel's traffic is only what crosses its boundary (plus spills); its compute is
+the sum of its ops; it pays one launch overhead. Fusion never crosses a loop or branch
+boundary. A decision is a (producer op id, consumer op id) edge: ``forbid`` and ``force``
+take edges, so a notebook can override single choices; ``candidates()`` lists them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .pipeline import register
+from .plan import Kernel, Plan
+
+_ELEMENTWISE_PREFIX = ("stablehlo.", "chlo.")
+_MOVEMENT = frozenset({
+    "stablehlo.transpose", "stablehlo.slice", "stablehlo.concatenate", "stablehlo.pad", "stablehlo.reverse",
+    "stablehlo.dynamic_slice", "stablehlo.gather", "stablehlo.copy", "stablehlo.broadcast_in_dim",
+    "stablehlo.broadcast", "stablehlo.iota", "stablehlo.select",
+})
+_GENERATORS = frozenset({"stablehlo.broadcast_in_dim", "stablehlo.broadcast", "stablehlo.iota", "stablehlo.constant"})
+_REDUCE = frozenset({"stablehlo.reduce", "stablehlo.reduce_window"})
+_MATMUL = frozenset({"stablehlo.dot_general", "stablehlo.dot", "stablehlo.convolution"})
+_PARTIAL_READERS = frozenset({"stablehlo.dynamic_slice", "stablehlo.slice", "stablehlo.gather",
+                              "stablehlo.dynamic_update_slice"})
+_IN_PLACE_ROOTS = frozenset({"stablehlo.dynamic_update_slice", "stablehlo.scatter"})
+
+Edge = tuple[int, int]
+
+
+def op_class(program, oid: int) -> str:
+    """'generator', 'elementwise', 'movement', 'reduce', 'matmul', 'view', 'root' (fusible only as a consumer)
+    or 'opaque' (never fused)."""
+    op = program.graph.ops[oid]
+    w = program.works[oid]
+    if w is None:
+        return "opaque"
+    if op.name in _GENERATORS:
+        return "generator"
+    if not w.launches_kernel:
+        return "view"
+    if op.name in _MATMUL:
+        return "matmul"
+    if op.name in _REDUCE:
+        return "reduce"
+    if op.name in _MOVEMENT:
+        return "movement"
+    if op.name in _IN_PLACE_ROOTS:
+        return "root"
+    if w.collective or op.regions or op.name.endswith("custom_call"):
+        return "opaque"
+    if (w.vector_flops or w.transcendentals) and not w.matrix_flops and op.name.startswith(_ELEMENTWISE_PREFIX) \
+            and op.name not in ("stablehlo.sort", "stablehlo.fft", "stablehlo.cholesky", "stablehlo.triangular_solve",
+                                "stablehlo.select_and_scatter", "stablehlo.map", "stablehlo.batch_norm_training",
+                                "stablehlo.batch_norm_grad", "stablehlo.batch_norm_inference"):
+        return "elementwise"
+    return "opaque"
+
+
+class _Groups:
+    """Union-find over op ids, with per-group members and counts of matmuls / reductions."""
+
+    def __init__(self, ids: Iterable[int]):
+        self.parent = {i: i for i in ids}
+        self.members = {i: [i] for i in ids}
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if len(self.members[ra]) < len(self.members[rb]):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members[ra].extend(self.members.pop(rb))
+        return ra
+
+
+@register
+@dataclass(frozen=True)
+class Fuse:
+    """The fusion pass. Options: ``strategy`` (none | xla | aggressive), ``matmul_epilogue``,
+    ``multi_output``, and ``forbid`` / ``force``: edges "p>c;p>c" (op ids) to override single decisions."""
+
+    name = "fuse"
+    strategy: str = "xla"
+    matmul_epilogue: bool = True
+    multi_output: bool = True
+    forbid: str = ""
+    force: str = ""
+
+    def __post_init__(self):
+        if self.strategy not in ("none", "xla", "aggressive"):
+            raise ValueError(f"strategy must be none, xla or aggressive, got {self.strategy!r}")
+        parse_edges(self.forbid)
+        parse_edges(self.force)
+
+    # -- the explorer's hooks -------------------------------------------------------
+    def alternatives(self) -> list["Fuse"]:
+        return [Fuse(strategy=s, matmul_epilogue=self.matmul_epilogue, multi_output=self.multi_output)
+                for s in ("none", "xla", "aggressive")]
+
+    def candidates(self, program, target=None) -> list[Edge]:
+        """Every producer->consumer edge this strategy fuses (the decisions one can forbid)."""
+        return sorted(self._fuse(program, target)[1])
+
+    # -- entry point --------------------------------------------------------------
+    def run(self, program, plan: Plan, target) -> Plan:
+        groups, _ = self._fuse(program, target)
+        kernels = build_kernels(program, groups, target, spill=self.strategy == "aggressive")
+        return plan.with_(kernels=kernels)
+
+    def _fuse(self, program, target) -> tuple[list[list[int]], set[Edge]]:
+        graph = program.graph
+        live = [op.id for op in graph.ops if program.works[op.id] is not None and program.weights[op.id] > 0]
+        cls = {o: op_class(program, o) for o in live}
+        made: set[Edge] = set()
+        if self.strategy == "none":
+            singles = [o for o in live if cls[o] != "view" and not graph.ops[o].name.endswith("constant")]
+            return [[o] for o in singles], made
+        kernel_ops = [o for o in live if cls[o] not in ("generator", "view") or _materialised(program, o, cls)]
+        groups = _Groups(kernel_ops)
+        forbid, force = set(parse_edges(self.forbid)), parse_edges(self.force)
+        users = graph.consumers()
+        in_group = set(kernel_ops)
+
+        def external_users(root: int) -> set[int]:
+            out = set()
+            for o in groups.members[root]:
+                for r in graph.ops[o].results:
+                    if r in graph.escaping or r in graph.outputs:
+                        out.add(-1)
+                    for u in _real_users(graph, users, r):
+                        if u not in in_group or groups.find(u) != root:
+                            out.add(u if u in in_group else -1)
+            return out
+
+        def allowed(p: int, c: int) -> bool:
+            if (p, c) in forbid:
+                return False
+            if graph.ops[p].frames != graph.ops[c].frames:
+                return False
+            pc, cc = cls[p], cls[c]
+            rp, rc = groups.find(p), groups.find(c)
+            if rp == rc:
+                return False
+            kinds_p = {cls[o] for o in groups.members[rp]}
+            kinds_c = {cls[o] for o in groups.members[rc]}
+            aggressive = self.strategy == "aggressive"
+            if pc in ("opaque", "root") or cc == "opaque":
+                return False
+            if pc == "reduce" and not aggressive:
+                return False
+            if pc == "matmul":
+                if not (self.matmul_epilogue and cc in ("elementwise", "movement")) and not aggressive:
+                    return False
+            if cc == "matmul" and pc in ("elementwise", "movement") and not aggressive:
+                # operand-side fusion into a matmul: only converts / transposes / broadcasts (layout work)
+                if graph.ops[p].name not in ("stablehlo.convert", "stablehlo.transpose", "stablehlo.broadcast_in_dim"):
+                    return False
+            if not aggressive:
+                if "matmul" in kinds_p and "matmul" in kinds_c:
+                    return False
+                if "reduce" in kinds_c and "matmul" in kinds_p:
+                    return False
+                if "matmul" in kinds_c and "reduce" in kinds_p:
+                    return False
+            ext = external_users(rp)
+            return ext <= {c} | set(groups.members[rc])
+
+        order = sorted(kernel_ops, reverse=True)   # consumers before producers
+        for c in order:
+            changed = True
+            while changed:
+                changed = False
+                for o in list(groups.members[groups.find(c)]):
+                    for v in graph.ops[o].operands:
+                        p = graph.producers.get(v)
+                        if p is None or p not in in_group:
+                            continue
+                        if groups.find(p) == groups.find(c):
+                            continue
+                        if allowed(p, o):
+                            groups.union(p, o)
+                            made.add((p, o))
+                            changed = True
+        for p, c in force:
+            if p in in_group and c in in_group and groups.find(p) != groups.find(c):
+                groups.union(p, c)
+                made.add((p, c))
+        if self.multi_output:
+            _sibling_fusion(program, groups, cls, in_group, made, users)
+        return [sorted(m) for m in groups.members.values()], made
+
+
+def _real_users(graph, users, vid: int) -> list[int]:
+    """Readers of a value, looking through views (reshape/bitcast), which are not kernels."""
+    out, stack, seen = [], [vid], set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        for u in users.get(v, ()):
+            op = graph.ops[u]
+            if op.name in ("stablehlo.reshape", "stablehlo.bitcast_convert"):
+                stack.extend(op.results)
+            else:
+                out.append(u)
+    return out
+
+
+def _materialised(program, oid: int, cls) -> bool:
+    """A generator is materialised only when something that cannot fuse it reads it (or it is an output)."""
+    graph = program.graph
+    op = graph.ops[oid]
+    if cls[oid] == "view":
+        return False
+    users = graph.consumers()
+    for r in op.results:
+        if r in graph.outputs or r in graph.escaping:
+            return True
+        for u in _real_users(graph, users, r):
+            if u not in cls or cls[u] in ("opaque", "root", "matmul"):
+                if op.name == "stablehlo.constant":
+                    return False   # constants are baked into the executable
+                return True
+    return False
+
+
+def _sibling_fusion(program, groups, cls, in_group, made, users) -> None:
+    """Multi-output fusion: loop/reduce groups that read the same large value and do not depend on each other."""
+    graph = program.graph
+    for v, readers in users.items():
+        if graph.values[v].nbytes < 1 << 16:
+            continue
+        roots = sorted({groups.find(u) for u in readers if u in in_group and cls[u] in ("elementwise", "reduce", "movement")})
+        if len(roots) < 2:
+            continue
+        base = roots[0]
+        for other in roots[1:]:
+            a, b = groups.find(base), groups.find(other)
+            if a == b:
+                continue
+            if any(cls[o] == "matmul" for o in groups.members[a] + groups.members[b]):
+                continue
+            if graph.ops[groups.members[a][0]].frames != graph.ops[groups.members[b][0]].frames:
+                continue
+            if _depends(graph, groups, a, b, users) or _depends(graph, groups, b, a, users):
+                continue
+            groups.union(a, b)
+            made.add((min(groups.members[groups.find(a)]), -v - 1))
+
+
+def _depends(graph, groups, src: int, dst: int, users, limit: int = 4096) -> bool:
+    """Whether group ``dst`` (transitively) reads a result of group ``src``."""
+    dst_members = set(groups.members[groups.find(dst)])
+    stack = [r for o in groups.members[groups.find(src)] for r in graph.ops[o].results]
+    seen: set[int] = set()
+    while stack and len(seen) < limit:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        for u in users.get(v, ()):
+            if u in dst_members:
+                return True
+            stack.extend(graph.ops[u].results)
+    return len(seen) >= limit   # too far to prove independence: assume dependent
+
+
+def parse_edges(text: str) -> list[Edge]:
+    """"12>15;3>4" -> [(12, 15), (3, 4)]."""
+    edges = []
+    for item in filter(None, (s.strip() for s in text.replace(",", ";").split(";"))):
+        try:
+            a, b = item.split(">")
+            edges.append((int(a), int(b)))
+        except ValueError:
+            raise ValueError(f"fusion edge {item!r} is not 'producer>consumer' op ids") from None
+    return edges
+
+
+def build_kernels(program, groups: list[list[int]], target=None, spill: bool = False) -> tuple[Kernel, ...]:
+    """Price each group's boundary: distinct values read from outside, values used outside."""
+    graph = program.graph
+    users = graph.consumers()
+    kernel_ops = {o for g in groups for o in g}
+    kernels = []
+    for members in sorted(groups):
+        mset = set(members)
+        reads: dict[int, float] = {}
+        for o in members:
+            op = graph.ops[o]
+            w = program.works[o]
+            for i, v in enumerate(op.operands):
+                p = graph.producers.get(v)
+                if p is not None and p in mset:
+                    continue
+                for src, nbytes in _read_sources(program, v, op, i, w, kernel_ops):
+                    reads[src] = max(reads.get(src, 0.0), nbytes)
+        writes = 0.0
+        intermediates = 0.0
+        for o in members:
+            op = graph.ops[o]
+            w = program.works[o]
+            for r in op.results:
+                outside = r in graph.outputs or r in graph.escaping or any(
+                    u not in mset for u in _real_users(graph, users, r))
+                if outside:
+                    writes += w.bytes_written if op.name in _IN_PLACE_ROOTS else graph.values[r].nbytes
+                elif op.name in _MATMUL:
+                    intermediates += graph.values[r].nbytes
+        spill_bytes = 0.0
+        if spill and target is not None and intermediates:
+            cap = target.on_chip.capacity_bytes if target.on_chip is not None else 0.0
+            if intermediates > cap:
+                spill_bytes = 2.0 * intermediates   # written out and read back once
+        kinds = {graph.ops[o].name for o in members}
+        kind = "single" if len(members) == 1 else ("output" if kinds & _MATMUL else ("input" if kinds & _REDUCE else "loop"))
+        kernels.append(Kernel(ops=tuple(members), bytes_in=float(sum(reads.values())), bytes_out=float(writes),
+                              spill_bytes=spill_bytes, kind=kind))
+    return tuple(kernels)
+
+
+def _read_sources(program, v: int, reader, operand_index: int, work, kernel_ops: set[int]):
+    """What reading value ``v`` costs the kernel: generators are looked through (duplicated
+    into the kernel, reading their own inputs); partial readers read only their slice."""
+    graph = program.graph
+    p = graph.producers.get(v)
+    if p is not None and graph.ops[p].name in _GENERATORS | {"stablehlo.reshape", "stablehlo.bitcast_convert"} \
+            and p not in kernel_ops:
+        for u in graph.ops[p].operands:
+            yield from _read_sources(program, u, graph.ops[p], 0, program.works[p], kernel_ops)
+        return
+    nbytes = float(graph.values[v].nbytes)
+    if reader.name in _PARTIAL_READERS and operand_index == 0 and work is not None:
+        if reader.name == "stablehlo.dynamic_update_slice":
+            nbytes = 0.0   # in place: the buffer is not read
+        else:
+            nbytes = min(nbytes, float(sum(graph.values[r].nbytes for r in reader.results)))
+    yield v, nbytes

@@ -1,0 +1,144 @@
+"""Pass registry and pipelines.
+
+A pass is a frozen dataclass with a ``name`` and typed options, and one entry point
+``run(program, plan, target) -> Plan``; it may also list its alternative instances
+(``alternatives()``), which the explorer, not the pass, iterates over.
+A pipeline is a sequence of passes, also written as text for the command line:
+``"fuse{strategy=xla},place{policy=greedy}"``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Sequence
+
+from .plan import Plan
+
+_PASSES: dict[str, type] = {}
+_INFRA = {"plan", "pipeline", "verify"}
+
+
+class PassError(RuntimeError):
+    """A pass failed; the message names it and the passes that ran before it."""
+
+
+class PipelineSyntaxError(ValueError):
+    pass
+
+
+def register(cls: type) -> type:
+    """Class decorator: make a pass available by its ``name`` in pipeline text."""
+    name = getattr(cls, "name", None)
+    if not name:
+        raise TypeError(f"pass {cls.__name__} has no name")
+    _PASSES[name] = cls
+    return cls
+
+
+def _discover() -> None:
+    pkg = importlib.import_module("passes")
+    for m in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)):
+        if m not in _INFRA and not m.startswith("_"):
+            importlib.import_module(f"passes.{m}")
+
+
+def available() -> dict[str, type]:
+    _discover()
+    return dict(sorted(_PASSES.items()))
+
+
+def _convert(value: str, field: dataclasses.Field, pass_name: str) -> Any:
+    typ = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    try:
+        if "bool" in typ:
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(value)
+        if "int" in typ and "float" not in typ:
+            return int(value)
+        if "float" in typ:
+            return float(value)
+    except ValueError:
+        raise PipelineSyntaxError(f"pass {pass_name!r}: option {field.name!r} expects {typ}, got {value!r}") from None
+    return value
+
+
+def parse(text: str) -> list[Any]:
+    """``"fuse{strategy=xla},place{policy=greedy}"`` -> pass instances."""
+    _discover()
+    passes, i, text = [], 0, text.strip()
+    while i < len(text):
+        j = i
+        while j < len(text) and text[j] not in "{,":
+            j += 1
+        name = text[i:j].strip()
+        opts: dict[str, str] = {}
+        if j < len(text) and text[j] == "{":
+            k = text.find("}", j)
+            if k < 0:
+                raise PipelineSyntaxError(f"unclosed '{{' after pass {name!r} in {text!r}")
+            for item in filter(None, (s.strip() for s in text[j + 1:k].split(","))):
+                if "=" not in item:
+                    raise PipelineSyntaxError(f"pass {name!r}: option {item!r} is not key=value")
+                key, val = item.split("=", 1)
+                opts[key.strip()] = val.strip()
+            j = k + 1
+        if name not in _PASSES:
+            raise PipelineSyntaxError(f"unknown pass {name!r}; available: {', '.join(sorted(_PASSES))}")
+        cls = _PASSES[name]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in opts:
+            if key not in fields:
+                raise PipelineSyntaxError(f"pass {name!r} has no option {key!r}; options: {', '.join(fields) or 'none'}")
+        try:
+            passes.append(cls(**{k: _convert(v, fields[k], name) for k, v in opts.items()}))
+        except (TypeError, ValueError) as exc:
+            raise PipelineSyntaxError(f"pass {name!r}: {exc}") from None
+        while j < len(text) and text[j] in ", ":
+            j += 1
+        i = j
+    return passes
+
+
+def to_text(passes: Sequence[Any]) -> str:
+    """The pipeline text of a sequence of pass instances (inverse of ``parse``)."""
+    out = []
+    for p in passes:
+        opts = ",".join(f"{f.name}={_fmt(getattr(p, f.name))}" for f in dataclasses.fields(p)
+                        if getattr(p, f.name) != f.default)
+        out.append(f"{p.name}{{{opts}}}" if opts else p.name)
+    return ",".join(out)
+
+
+def _fmt(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def resolve(pipeline: str | Sequence[Any] | None) -> list[Any]:
+    if pipeline is None:
+        return []
+    if isinstance(pipeline, str):
+        return parse(pipeline)
+    return list(pipeline)
+
+
+def run(passes: Sequence[Any], program, target, plan: Plan | None = None, verify: bool = False) -> Plan:
+    """Apply passes in order. A failure names the pass and the ones that ran before it."""
+    plan = plan or Plan()
+    done: list[str] = []
+    for p in passes:
+        try:
+            plan = p.run(program, plan, target)
+        except Exception as exc:
+            before = ", ".join(done) or "none"
+            raise PassError(f"pass {to_text([p])} failed (passes run before it: {before}): "
+                            f"{type(exc).__name__}: {exc}") from exc
+        done.append(to_text([p]))
+        plan = plan.with_(history=plan.history + (done[-1],))
+        if verify:
+            from .verify import verify_plan
+            verify_plan(program, plan, target, after=done[-1])
+    return plan
