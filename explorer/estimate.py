@@ -36,6 +36,7 @@ class KernelRow:
     comm_s: float
     overhead_s: float
     bound: str
+    overlappable: bool = False   # may run concurrently with independent compute (async collective)
 
     @property
     def seconds(self) -> float:
@@ -62,14 +63,12 @@ class Estimate:
     unknown_ops: Mapping[str, int]
     unknown_loops: tuple[str, ...]
     peak_matrix_flops_per_s: float
+    memory_peaks: tuple[tuple[str, int], ...] = ()        # (level, peak live bytes placed there)
+    memory_capacities: tuple[tuple[str, float], ...] = ()
     plan_notes: tuple[str, ...] = ()
     _op_rows: tuple[dict, ...] = field(default=(), repr=False)
 
     # -- totals: every kernel's time is attributed to its bound; the parts add up to ``seconds``
-    def _by_bound(self, bound: str) -> float:
-        return float(sum(max(k.compute_s, k.memory_s, k.comm_s) * k.executions for k in self.kernels
-                         if k.bound == bound or (bound == "compute" and k.bound == "overhead" and False)))
-
     @property
     def overhead_seconds(self) -> float:
         return float(sum(k.overhead_s * k.executions for k in self.kernels))
@@ -87,7 +86,7 @@ class Estimate:
         return self._attributed("communication")
 
     def _attributed(self, which: str) -> float:
-        total = 0.0
+        total = -self.hidden_comm_seconds if which == "communication" else 0.0
         for k in self.kernels:
             body = max(k.compute_s, k.memory_s, k.comm_s)
             if body == 0:
@@ -99,12 +98,39 @@ class Estimate:
         return total
 
     @property
+    def hidden_comm_seconds(self) -> float:
+        """Overlappable communication hidden behind compute (at most the compute-bound time available)."""
+        overlappable = sum(k.comm_s * k.executions for k in self.kernels if k.overlappable and k.bound == "communication")
+        compute = sum(k.seconds for k in self.kernels if not k.overlappable and k.bound == "compute")
+        return float(min(overlappable, compute))
+
+    @property
+    def exposed_comm_seconds(self) -> float:
+        return self.comm_seconds
+
+    @property
     def seconds(self) -> float:
-        return float(sum(k.seconds for k in self.kernels))
+        """Wall time: every kernel in sequence, minus communication hidden behind compute."""
+        return float(sum(k.seconds for k in self.kernels)) - self.hidden_comm_seconds
 
     @property
     def fits_in_memory(self) -> bool:
-        return self.peak_memory_bytes <= self.memory_capacity_bytes
+        """Every memory level's peak within its capacity."""
+        caps = dict(self.memory_capacities)
+        return self.peak_memory_bytes <= self.memory_capacity_bytes and all(
+            peak <= caps.get(lvl, float("inf")) for lvl, peak in self.memory_peaks)
+
+    def memory_report(self) -> str:
+        """Peak per level against capacity; when something does not fit, by how much and what is live at the peak."""
+        caps = dict(self.memory_capacities)
+        lines = []
+        for lvl, peak in self.memory_peaks:
+            cap = caps.get(lvl, float("inf"))
+            over = f"  OVER by {fmt_bytes(peak - cap)}" if peak > cap else ""
+            lines.append(f"{lvl}: peak {fmt_bytes(peak)} of {fmt_bytes(cap)}{over}")
+        if not self.fits_in_memory:
+            lines.append("live at the main-memory peak: " + ", ".join(f"{n} ({fmt_bytes(b)})" for n, b in self.live_at_peak[:5]))
+        return "\n".join(lines)
 
     @property
     def bound(self) -> str:
@@ -164,6 +190,7 @@ class Estimate:
             "flops": self.flops, "transcendentals": self.transcendentals, "bytes_accessed": self.bytes_accessed,
             "kernels": self.num_kernels, "mfu": self.mfu, "peak_memory_bytes": self.peak_memory_bytes,
             "memory_capacity_bytes": self.memory_capacity_bytes, "fits_in_memory": self.fits_in_memory,
+            "memory_peaks": dict(self.memory_peaks),
             "unknown_ops": dict(self.unknown_ops), "unknown_loops": list(self.unknown_loops),
         }
 
@@ -196,6 +223,7 @@ class Estimate:
             ["kernels", str(self.num_kernels)], ["MFU (bf16 peak)", f"{self.mfu:.1%}"],
             ["peak memory", f"{fmt_bytes(self.peak_memory_bytes)} of {fmt_bytes(self.memory_capacity_bytes)}"
              + ("" if self.fits_in_memory else "  DOES NOT FIT")],
+            *([["memory", self.memory_report()]] if (len(self.memory_peaks) > 1 or not self.fits_in_memory) else []),
             ["unknown ops", ", ".join(f"{k} x{v}" for k, v in s["unknown_ops"].items()) or "none"],
         ]
         if self.unknown_loops:
@@ -245,12 +273,9 @@ def fmt_bytes(b: float) -> str:
 
 def default_kernels(program: Program) -> tuple[Kernel, ...]:
     """Every op that launches a kernel is its own kernel (no fusion)."""
-    out = []
-    for op, w, k in zip(program.graph.ops, program.works, program.weights):
-        if w is None or k == 0 or not w.launches_kernel:
-            continue
-        out.append(Kernel(ops=(op.id,), bytes_in=w.bytes_read, bytes_out=w.bytes_written, kind="single"))
-    return tuple(out)
+    from passes.fusion import Fuse
+
+    return Fuse(strategy="none").run(program, Plan(), None).kernels
 
 
 def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict: bool = False) -> Estimate:
@@ -264,12 +289,11 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
     op_rows: list[dict] = []
     total_flops = total_trans = total_bytes = 0.0
     for kern in kernels:
-        works = [program.works[o] for o in kern.ops if program.works[o] is not None]
+        works = [w for w in (plan.work(program, o) for o in kern.ops) if w is not None]
         runs = program.weights[kern.ops[0]]
         if runs == 0:
             continue
-        bw, lat = _placement_bandwidth(program, target, plan, kern)
-        t = timing.kernel_time(target, works, kern.bytes_moved, bandwidth_bytes_per_s=bw, latency_s=lat)
+        t = timing.kernel_time(target, works, _traffic_by_level(target, plan, kern))
         lead = _lead_op(program, kern.ops)
         phase, layer, prim = names.parse(graph.ops[lead].name_stack)
         label = prim or graph.ops[lead].short_name
@@ -285,6 +309,28 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
         total_flops += flops * runs
         total_trans += trans * runs
         total_bytes += kern.bytes_moved * runs
+    for extra in plan.extra_kernels:
+        runs = program.weights[extra.after_op] if extra.after_op >= 0 else 1.0
+        if runs == 0:
+            continue
+        t = timing.kernel_time(target, [extra.work], {target.main_memory.name: extra.work.bytes_accessed})
+        phase = extra.phase or (names.parse(graph.ops[extra.after_op].name_stack)[0] if extra.after_op >= 0 else "other")
+        rows.append(KernelRow(
+            name=extra.name, ops=(), layer=extra.layer, phase=phase, executions=runs, flops=extra.work.flops * runs,
+            transcendentals=extra.work.transcendentals * runs, bytes_moved=extra.work.bytes_accessed * runs,
+            collective_bytes=extra.work.collective_bytes * runs, compute_s=t.compute_s, memory_s=t.memory_s,
+            comm_s=t.comm_s, overhead_s=t.overhead_s, bound=t.bound, overlappable=extra.overlappable))
+        total_flops += extra.work.flops * runs
+        total_bytes += extra.work.bytes_accessed * runs
+    main = target.main_memory
+    for level_name, nbytes in sorted(plan.transfer_bytes.items()):
+        level = target.memory_level(level_name)
+        bw = min(main.bandwidth_bytes_per_s, level.bandwidth_bytes_per_s) * target.efficiency.memory
+        rows.append(KernelRow(
+            name=f"copy {main.name}<->{level_name}", ops=(), layer="(transfers)", phase="transfer", executions=1.0,
+            flops=0.0, transcendentals=0.0, bytes_moved=nbytes, collective_bytes=0.0, compute_s=0.0,
+            memory_s=nbytes / bw + max(main.latency_s, level.latency_s), comm_s=0.0, overhead_s=0.0, bound="memory"))
+        total_bytes += nbytes
     for op, w, k in zip(graph.ops, program.works, program.weights):
         if w is None or k == 0:
             continue
@@ -293,27 +339,56 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
                         "executions": k, "flops": w.flops * k, "transcendentals": w.transcendentals * k,
                         "bytes_unfused": w.bytes_accessed * k, "dtype": w.dtype})
     rows = _mark_phases(rows)
-    live = liveness.analyse(graph)
+    transient = _transient_values(program, kernels)
+    elsewhere = frozenset((plan.placement or {}).keys())
+    live = liveness.analyse(graph, transient=transient | elsewhere)
+    peaks = {target.main_memory.name: live.peak_bytes}
+    for level in {lvl for lvl in (plan.placement or {}).values()}:
+        only = frozenset(v for v, lvl in plan.placement.items() if lvl == level)
+        others = frozenset(range(len(graph.values))) - only
+        peaks[level] = liveness.analyse(graph, transient=transient | others).peak_bytes
     return Estimate(
         program=graph.name, target=target.name, pipeline=pipeline_text, kernels=tuple(rows), flops=total_flops,
         transcendentals=total_trans, bytes_accessed=total_bytes, peak_memory_bytes=live.peak_bytes,
         memory_capacity_bytes=target.main_memory.capacity_bytes,
+        memory_peaks=tuple(sorted(peaks.items())),
+        memory_capacities=tuple((lvl, target.memory_level(lvl).capacity_bytes) for lvl, _ in sorted(peaks.items())),
         live_at_peak=tuple((t.producer, t.nbytes) for t in live.live_at_peak),
         unknown_ops=program.unknown_ops,
         unknown_loops=tuple(f"{lp.name_stack} ({lp.reason})" for lp in program.unknown_loops),
         peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes, _op_rows=tuple(op_rows))
 
 
-def _placement_bandwidth(program: Program, target, plan: Plan, kern: Kernel) -> tuple[float | None, float | None]:
-    """Bandwidth and latency of the memory level the kernel's traffic goes to (main memory unless placed)."""
-    if not plan.placement:
-        return None, None
-    levels = {plan.placement.get(v) for o in kern.ops for v in program.graph.ops[o].results}
-    levels.discard(None)
-    if len(levels) == 1:
-        lvl = target.memory_level(levels.pop())
-        return lvl.bandwidth_bytes_per_s, lvl.latency_s
-    return None, None
+def _transient_values(program: Program, kernels: Sequence[Kernel]) -> frozenset[int]:
+    """Values that stay inside a fused kernel, or belong to no kernel (duplicated generators), never hit memory."""
+    graph = program.graph
+    owner = {o: i for i, k in enumerate(kernels) for o in k.ops}
+    users = graph.consumers()
+    out = set()
+    for op in graph.ops:
+        if op.id not in owner:
+            w = program.works[op.id]
+            if w is not None and w.launches_kernel:
+                out.update(r for r in op.results if r not in graph.outputs and r not in graph.escaping)
+            continue
+        for r in op.results:
+            if r in graph.outputs or r in graph.escaping:
+                continue
+            readers = users.get(r, ())
+            if readers and all(owner.get(u) == owner[op.id] for u in readers):
+                out.add(r)
+    return frozenset(out)
+
+
+def _traffic_by_level(target, plan: Plan, kern: Kernel) -> dict[str, float]:
+    """Bytes the kernel moves in each memory level (main memory unless the placement says otherwise)."""
+    main = target.main_memory.name
+    placement = plan.placement or {}
+    traffic: dict[str, float] = {main: kern.spill_bytes}
+    for v, b in (*kern.reads, *kern.writes):
+        lvl = placement.get(v, main)
+        traffic[lvl] = traffic.get(lvl, 0.0) + b
+    return traffic
 
 
 def _lead_op(program: Program, ops: Sequence[int]) -> int:
@@ -326,7 +401,7 @@ def _lead_op(program: Program, ops: Sequence[int]) -> int:
 
 def _mark_phases(rows: list[KernelRow]) -> list[KernelRow]:
     """In a program with autodiff, work outside forward/backward is the optimizer update."""
-    if not any(r.phase in ("forward", "backward") for r in rows):
+    if not any(r.phase == "backward" for r in rows):
         return [r if r.phase != "other" else _with_phase(r, "forward") for r in rows]
     return [r if r.phase != "other" else _with_phase(r, "optimizer") for r in rows]
 

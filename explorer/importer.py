@@ -50,9 +50,8 @@ def make_context() -> ir.Context:
 def parse_module(source: str | bytes | Path, context: ir.Context | None = None) -> ir.Module:
     """Parse StableHLO text or bytecode (or a serialized portable artifact) into a module."""
     ctx = context or make_context()
-    if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith(("module", "#", "func", "//"))
-                                    and len(source) < 4096 and Path(source).is_file()):
-        path = Path(source)
+    path = as_path(source)
+    if path is not None:
         data = path.read_bytes()
         source = data if not _looks_like_text(data) else data.decode()
     with ctx:
@@ -67,6 +66,21 @@ def parse_module(source: str | bytes | Path, context: ir.Context | None = None) 
                 except Exception:
                     pass
             raise ImportError_(f"could not parse StableHLO module: {first}") from None
+
+
+def as_path(source: str | bytes | Path) -> Path | None:
+    """``source`` as an existing file path, or None when it is module text / bytes."""
+    if isinstance(source, Path):
+        if not source.is_file():
+            raise ImportError_(f"{source}: no such file")
+        return source
+    if isinstance(source, str) and "\n" not in source and len(source) < 4096:
+        try:
+            if Path(source).is_file():
+                return Path(source)
+        except OSError:
+            return None
+    return None
 
 
 def _looks_like_text(data: bytes) -> bool:

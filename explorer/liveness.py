@@ -30,7 +30,9 @@ _VIEWS = frozenset({"stablehlo.reshape", "stablehlo.bitcast_convert", "stablehlo
                     "stablehlo.optimization_barrier", "stablehlo.tuple"})
 
 
-def analyse(graph: Graph, order: list[int] | None = None, top: int = 10) -> Liveness:
+def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
+            transient: frozenset[int] = frozenset()) -> Liveness:
+    """``transient``: values that never reach memory (they stay inside a fused kernel)."""
     order = list(range(len(graph.ops))) if order is None else order
     pos = {oid: i for i, oid in enumerate(order)}
     root: dict[int, int] = {}  # view value -> the value it aliases
@@ -68,7 +70,7 @@ def analyse(graph: Graph, order: list[int] | None = None, top: int = 10) -> Live
         last[find(v)] = end
     delta = [0] * (end + 2)
     for v, s in start.items():
-        nb = graph.values[v].nbytes
+        nb = 0 if v in transient else graph.values[v].nbytes
         delta[s] += nb
         delta[last[v] + 1] -= nb
     live, cur = [], 0
@@ -77,7 +79,7 @@ def analyse(graph: Graph, order: list[int] | None = None, top: int = 10) -> Live
         live.append(cur)
     peak = max(live) if live else 0
     step = live.index(peak) if live else 0
-    at_peak = [v for v, s in start.items() if s <= step <= last[v]]
+    at_peak = [v for v, s in start.items() if s <= step <= last[v] and v not in transient]
     names = dict(zip(graph.inputs, graph.input_names))
     tensors = sorted(
         (LiveTensor(v, graph.values[v].nbytes,

@@ -203,10 +203,9 @@ def importer_name(module: Any) -> str:
 
 def from_stablehlo(source: str | bytes | Path, name: str = "") -> Program:
     """Import a StableHLO module from text, bytecode or a file path (``.mlir`` / ``.mlirbc``)."""
-    if isinstance(source, Path):
-        name = name or source.stem
-    elif isinstance(source, str) and len(source) < 4096 and Path(source).is_file():
-        name = name or Path(source).stem
+    path = importer.as_path(source)
+    if path is not None:
+        name = name or path.stem
     module = importer.parse_module(source)
     graph = importer.import_module(module, name=name)
     return Program.from_graph(graph)

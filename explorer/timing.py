@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from .costs import Gemm, Work
 
@@ -91,18 +91,20 @@ def collective_seconds(target, w: Work) -> float:
     return (n - 1) * alpha + size / bw
 
 
-def kernel_time(target, works: Iterable[Work], bytes_moved: float, *, bandwidth_bytes_per_s: float | None = None,
-                latency_s: float | None = None, launches: bool = True) -> KernelTime:
-    """Price one kernel: ``works`` are its ops, ``bytes_moved`` what crosses its boundary."""
+def kernel_time(target, works: Iterable[Work], traffic: Mapping[str, float], *, launches: bool = True) -> KernelTime:
+    """Price one kernel: ``works`` are its ops, ``traffic`` the bytes crossing its boundary per memory level."""
     matrix = vector = comm = 0.0
     for w in works:
         matrix += matrix_seconds(target, w)
         vector += vector_seconds(target, w)
         comm += collective_seconds(target, w)
-    mem_level = target.main_memory
-    bw = (bandwidth_bytes_per_s or mem_level.bandwidth_bytes_per_s) * target.efficiency.memory
-    lat = mem_level.latency_s if latency_s is None else latency_s
-    memory = bytes_moved / bw + (lat if bytes_moved > 0 else 0.0)
+    memory, latency = 0.0, 0.0
+    for level_name, nbytes in traffic.items():
+        if nbytes <= 0:
+            continue
+        level = target.memory_level(level_name)
+        memory += nbytes / (level.bandwidth_bytes_per_s * target.efficiency.memory)
+        latency = max(latency, level.latency_s)
     compute = max(matrix, vector)   # matrix and vector units work concurrently inside one kernel
     overhead = target.launch_overhead_s if launches else 0.0
-    return KernelTime(compute_s=compute, memory_s=memory, comm_s=comm, overhead_s=overhead)
+    return KernelTime(compute_s=compute, memory_s=memory + latency, comm_s=comm, overhead_s=overhead)

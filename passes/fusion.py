@@ -126,7 +126,7 @@ class Fuse:
     # -- entry point --------------------------------------------------------------
     def run(self, program, plan: Plan, target) -> Plan:
         groups, _ = self._fuse(program, target)
-        kernels = build_kernels(program, groups, target, spill=self.strategy == "aggressive")
+        kernels = build_kernels(program, groups, target, spill=self.strategy == "aggressive", plan=plan)
         return plan.with_(kernels=kernels)
 
     def _fuse(self, program, target) -> tuple[list[list[int]], set[Edge]]:
@@ -300,8 +300,11 @@ def parse_edges(text: str) -> list[Edge]:
     return edges
 
 
-def build_kernels(program, groups: list[list[int]], target=None, spill: bool = False) -> tuple[Kernel, ...]:
-    """Price each group's boundary: distinct values read from outside, values used outside."""
+def build_kernels(program, groups: list[list[int]], target=None, spill: bool = False,
+                  plan: Plan | None = None) -> tuple[Kernel, ...]:
+    """Price each group's boundary: distinct values read from outside, values used outside
+    (sizes and work per device when a sharding pass has set them in ``plan``)."""
+    plan = plan or Plan()
     graph = program.graph
     users = graph.consumers()
     kernel_ops = {o for g in groups for o in g}
@@ -311,25 +314,25 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
         reads: dict[int, float] = {}
         for o in members:
             op = graph.ops[o]
-            w = program.works[o]
+            w = plan.work(program, o)
             for i, v in enumerate(op.operands):
                 p = graph.producers.get(v)
                 if p is not None and p in mset:
                     continue
-                for src, nbytes in _read_sources(program, v, op, i, w, kernel_ops):
+                for src, nbytes in _read_sources(program, plan, v, op, i, kernel_ops):
                     reads[src] = max(reads.get(src, 0.0), nbytes)
-        writes = 0.0
+        writes: list[tuple[int, float]] = []
         intermediates = 0.0
         for o in members:
             op = graph.ops[o]
-            w = program.works[o]
+            w = plan.work(program, o)
             for r in op.results:
                 outside = r in graph.outputs or r in graph.escaping or any(
                     u not in mset for u in _real_users(graph, users, r))
                 if outside:
-                    writes += w.bytes_written if op.name in _IN_PLACE_ROOTS else graph.values[r].nbytes
+                    writes.append((r, float(w.bytes_written if op.name in _IN_PLACE_ROOTS else plan.nbytes(program, r))))
                 elif op.name in _MATMUL:
-                    intermediates += graph.values[r].nbytes
+                    intermediates += plan.nbytes(program, r)
         spill_bytes = 0.0
         if spill and target is not None and intermediates:
             cap = target.on_chip.capacity_bytes if target.on_chip is not None else 0.0
@@ -337,12 +340,12 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
                 spill_bytes = 2.0 * intermediates   # written out and read back once
         kinds = {graph.ops[o].name for o in members}
         kind = "single" if len(members) == 1 else ("output" if kinds & _MATMUL else ("input" if kinds & _REDUCE else "loop"))
-        kernels.append(Kernel(ops=tuple(members), bytes_in=float(sum(reads.values())), bytes_out=float(writes),
+        kernels.append(Kernel(ops=tuple(members), reads=tuple(sorted(reads.items())), writes=tuple(writes),
                               spill_bytes=spill_bytes, kind=kind))
     return tuple(kernels)
 
 
-def _read_sources(program, v: int, reader, operand_index: int, work, kernel_ops: set[int]):
+def _read_sources(program, plan: Plan, v: int, reader, operand_index: int, kernel_ops: set[int]):
     """What reading value ``v`` costs the kernel: generators are looked through (duplicated
     into the kernel, reading their own inputs); partial readers read only their slice."""
     graph = program.graph
@@ -350,12 +353,12 @@ def _read_sources(program, v: int, reader, operand_index: int, work, kernel_ops:
     if p is not None and graph.ops[p].name in _GENERATORS | {"stablehlo.reshape", "stablehlo.bitcast_convert"} \
             and p not in kernel_ops:
         for u in graph.ops[p].operands:
-            yield from _read_sources(program, u, graph.ops[p], 0, program.works[p], kernel_ops)
+            yield from _read_sources(program, plan, u, graph.ops[p], 0, kernel_ops)
         return
-    nbytes = float(graph.values[v].nbytes)
-    if reader.name in _PARTIAL_READERS and operand_index == 0 and work is not None:
+    nbytes = plan.nbytes(program, v)
+    if reader.name in _PARTIAL_READERS and operand_index == 0:
         if reader.name == "stablehlo.dynamic_update_slice":
             nbytes = 0.0   # in place: the buffer is not read
         else:
-            nbytes = min(nbytes, float(sum(graph.values[r].nbytes for r in reader.results)))
+            nbytes = min(nbytes, float(sum(plan.nbytes(program, r) for r in reader.results)))
     yield v, nbytes

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,18 @@ class Kernel:
     """
 
     ops: tuple[int, ...]
-    bytes_in: float
-    bytes_out: float
+    reads: tuple[tuple[int, float], ...]     # (value id, bytes) read from memory per execution
+    writes: tuple[tuple[int, float], ...]    # (value id, bytes) written to memory per execution
     spill_bytes: float = 0.0
     kind: str = "loop"      # "loop", "input" (reduction), "output" (matmul + epilogue), "single"
+
+    @property
+    def bytes_in(self) -> float:
+        return float(sum(b for _, b in self.reads))
+
+    @property
+    def bytes_out(self) -> float:
+        return float(sum(b for _, b in self.writes))
 
     @property
     def bytes_moved(self) -> float:
@@ -32,12 +40,43 @@ class Kernel:
 
 
 @dataclass(frozen=True)
+class ExtraKernel:
+    """Work a pass adds that is not an op of the graph (e.g. a collective a sharding pass inserts).
+
+    ``after_op``: the op it follows in the schedule. ``overlappable``: it may run concurrently with
+    independent compute (async collectives), so its time can be hidden.
+    """
+
+    name: str
+    work: Any                  # explorer.costs.Work (per execution)
+    after_op: int
+    layer: str = "(inserted)"
+    phase: str = ""
+    overlappable: bool = False
+
+
+@dataclass(frozen=True)
 class Plan:
     kernels: tuple[Kernel, ...] | None = None          # fusion decisions
     placement: Mapping[int, str] | None = None          # value id -> memory level name
     transfer_bytes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # level -> bytes moved over its link
+    work_overrides: Mapping[int, Any] | None = None     # op id -> Work per device (set by sharding)
+    value_bytes: Mapping[int, float] | None = None      # value id -> bytes per device (set by sharding)
+    extra_kernels: tuple[ExtraKernel, ...] = ()         # inserted work (collectives, transfers)
     history: tuple[str, ...] = ()                       # passes applied, in order
     notes: tuple[str, ...] = ()
 
     def with_(self, **changes) -> "Plan":
         return replace(self, **changes)
+
+    def work(self, program, op_id: int):
+        """The op's counted work under this plan (per device once sharded)."""
+        if self.work_overrides is not None and op_id in self.work_overrides:
+            return self.work_overrides[op_id]
+        return program.works[op_id]
+
+    def nbytes(self, program, value_id: int) -> float:
+        """A value's size under this plan (per device once sharded)."""
+        if self.value_bytes is not None and value_id in self.value_bytes:
+            return float(self.value_bytes[value_id])
+        return float(program.graph.values[value_id].nbytes)
