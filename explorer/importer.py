@@ -231,7 +231,14 @@ class _Importer:
         inputs = tuple(self.new_value(a.type) for a in block.arguments)
         names = _arg_names(fn, len(inputs))
         outputs = self.inline(fn, inputs, prefix="", frames=())
+        meshes = {}
+        for op in self.module.body.operations:
+            if op.operation.name == "sdy.mesh":
+                meshes[op.attributes["sym_name"].value] = str(op.attributes["mesh"])
         return Graph(
+            input_attrs=_dict_attrs(fn, "arg_attrs", len(inputs)),
+            output_attrs=_dict_attrs(fn, "res_attrs", len(outputs)),
+            meshes=MappingProxyType(meshes),
             name=self.name, values=tuple(self.values), ops=tuple(self.ops), inputs=inputs,
             outputs=tuple(outputs), input_names=names, loops=tuple(self.loops), escaping=frozenset(self.escaping),
             producers=MappingProxyType(dict(self.producers)),
@@ -354,6 +361,16 @@ def _join(prefix: str, name: str) -> str:
     if not name or name.startswith(prefix):
         return name or prefix
     return f"{prefix}/{name}"
+
+
+def _dict_attrs(fn: Any, key: str, n: int) -> tuple[Any, ...]:
+    """Per-argument (or per-result) attribute dictionaries as {name: MLIR text}."""
+    out = [MappingProxyType({}) for _ in range(n)]
+    if key in fn.attributes:
+        for i, d in enumerate(fn.attributes[key]):
+            if i < n:
+                out[i] = MappingProxyType({a.name: str(a.attr) for a in d})
+    return tuple(out)
 
 
 def _arg_names(fn: Any, n: int) -> tuple[str, ...]:

@@ -109,7 +109,10 @@ class Graph:
     outputs: tuple[int, ...]
     input_names: tuple[str, ...]
     loops: tuple[LoopInfo, ...] = ()
-    escaping: frozenset[int] = frozenset()   # values returned from a loop/branch region (read by the next iteration or the parent)
+    escaping: frozenset[int] = frozenset()
+    input_attrs: tuple[Mapping[str, str], ...] = ()   # per input: attribute name -> MLIR text (e.g. "sdy.sharding")
+    output_attrs: tuple[Mapping[str, str], ...] = ()
+    meshes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # sdy.mesh name -> MLIR text   # values returned from a loop/branch region (read by the next iteration or the parent)
     producers: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
 
     def value(self, vid: int) -> TensorType:
