@@ -9,10 +9,12 @@ from functools import lru_cache
 
 # Name-stack components JAX adds for control flow and calls; they are not model layers.
 _PLUMBING = frozenset({
-    "while", "body", "cond", "closed_call", "scan", "checkpoint", "remat", "rematted_computation",
+    "while", "closed_call", "scan", "checkpoint", "remat", "rematted_computation",
     "pjit", "core_call", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "cond_fun",
-    "body_fun", "branch", "switch", "shard_map", "xla_call", "call", "",
+    "body_fun", "switch", "shard_map", "xla_call", "call", "",
 })
+# Region names that are plumbing only right after a control-flow component ("while/body", "cond/branch_1").
+_REGIONS = frozenset({"body", "cond", "branch"})
 _WRAPPERS = ("transpose(", "jvp(", "vmap(", "jit(", "remat(", "checkpoint(", "pjit(", "vjp(", "linearize(")
 
 
@@ -51,7 +53,16 @@ def parse(stack: str) -> tuple[str, str, str]:
     elif any("jvp(" in p for p in parts):
         phase = "forward"
     primitive = parts[-1] if parts else ""
-    layer = [u for u in (_unwrap(p) for p in parts[:-1]) if u not in _PLUMBING and not u.startswith("jit(")]
+    layer = []
+    prev = ""
+    for p in parts[:-1]:
+        u = _unwrap(p)
+        plumbing = (u in _PLUMBING or p.startswith("jit(") or (u in _REGIONS and prev in ("while", "cond", "switch"))
+                    or u.startswith("branch_"))
+        if not plumbing:
+            layer.append(u)
+        prev = u
+    layer = [u for u in layer if u]
     return phase, "/".join(layer) or "(top)", primitive
 
 

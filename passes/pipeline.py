@@ -107,8 +107,10 @@ def to_text(passes: Sequence[Any]) -> str:
     """The pipeline text of a sequence of pass instances (inverse of ``parse``)."""
     out = []
     for p in passes:
-        opts = ",".join(f"{f.name}={_fmt(getattr(p, f.name))}" for f in dataclasses.fields(p)
-                        if getattr(p, f.name) != f.default)
+        fields = dataclasses.fields(p)
+        # non-default options, and always the first (primary) option so "fuse{strategy=xla}" reads plainly
+        opts = ",".join(f"{f.name}={_fmt(getattr(p, f.name))}" for i, f in enumerate(fields)
+                        if i == 0 or getattr(p, f.name) != f.default)
         out.append(f"{p.name}{{{opts}}}" if opts else p.name)
     return ",".join(out)
 

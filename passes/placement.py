@@ -115,6 +115,11 @@ class Place:
                       for v in spans}
             cands = [v for v in spans if 0 < sizes[v] <= fast.capacity_bytes and saving[v] > 0]
             chosen = (_greedy if self.policy == "greedy" else _ilp)(cands, spans, sizes, saving, fast.capacity_bytes, steps)
+            if any(v in boundary for v in chosen):
+                # copying boundary tensors in/out is one more transfer, with its latency: only worth it if it pays
+                copy_latency = max(main.latency_s, fast.latency_s)
+                if sum(saving[v] for v in chosen) <= copy_latency:
+                    chosen = [v for v in chosen if v not in boundary]
             for v in chosen:
                 placement[v] = fast.name
             moved = sum(sizes[v] for v in chosen if v in boundary)

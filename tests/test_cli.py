@@ -33,7 +33,7 @@ def test_compare_pipelines(capsys):
 
 
 def test_show_a_named_program_with_overrides(capsys):
-    assert main(["show", "examples/llama_infer.py:decode", "--target", "h100_sxm", "--set", "layers=2",
+    assert main(["show", "examples/llama_infer.py:decode", "--target", "h100_sxm", "--set", "n_layers=2",
                  "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["target"] == "h100_sxm" and d["seconds"] > 0 and d["layers"]

@@ -19,7 +19,7 @@ cells = [
                   "# GPT-2 small; LAYERS can be lowered (e.g. by the tests) to keep the notebook quick\n"
                   "LAYERS = int(os.environ.get('GPT2_LAYERS', '12'))\n"
                   "examples_dir = 'examples' if os.path.isdir('examples') else '.'\n"
-                  "fn, args = program_fn(os.path.join(examples_dir, 'gpt2_train.py'))(layers=LAYERS)\n"
+                  "fn, args = program_fn(os.path.join(examples_dir, 'gpt2_train.py'))(n_layers=LAYERS)\n"
                   "prog = explorer.lower(fn, *args)\n"
                   "h100 = hw_targets.load('h100_sxm')\n"
                   "print(prog.num_ops, 'ops;', f'{prog.flops:.3e} flops')"),
