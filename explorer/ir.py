@@ -125,13 +125,17 @@ class Graph:
         oid = self.producers.get(vid)
         return None if oid is None else self.ops[oid]
 
-    def consumers(self) -> dict[int, list[int]]:
-        """value id -> ids of ops reading it (computed on demand; the graph never changes)."""
-        users: dict[int, list[int]] = {}
-        for op in self.ops:
-            for v in op.operands:
-                users.setdefault(v, []).append(op.id)
-        return users
+    def consumers(self) -> Mapping[int, tuple[int, ...]]:
+        """value id -> ids of ops reading it (computed once: the graph never changes)."""
+        cached = self.__dict__.get("_consumers")
+        if cached is None:
+            users: dict[int, list[int]] = {}
+            for op in self.ops:
+                for v in op.operands:
+                    users.setdefault(v, []).append(op.id)
+            cached = MappingProxyType({v: tuple(u) for v, u in users.items()})
+            object.__setattr__(self, "_consumers", cached)
+        return cached
 
 
 def freeze(obj: Any) -> Any:

@@ -72,11 +72,14 @@ def op_class(program, oid: int) -> str:
 
 
 class _Groups:
-    """Union-find over op ids, with per-group members and counts of matmuls / reductions."""
+    """Union-find over op ids. Per group: its members, how many matmuls / reductions it holds, and
+    the ops outside it that read its results (-1: a program output or loop-carried value)."""
 
-    def __init__(self, ids: Iterable[int]):
+    def __init__(self, ids: Iterable[int], kinds: dict[int, str], external: dict[int, set[int]]):
         self.parent = {i: i for i in ids}
         self.members = {i: [i] for i in ids}
+        self.kinds = {i: {kinds[i]} for i in ids}
+        self.external = {i: set(external[i]) for i in ids}
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -91,7 +94,11 @@ class _Groups:
         if len(self.members[ra]) < len(self.members[rb]):
             ra, rb = rb, ra
         self.parent[rb] = ra
-        self.members[ra].extend(self.members.pop(rb))
+        moved = self.members.pop(rb)
+        self.members[ra].extend(moved)
+        self.kinds[ra] |= self.kinds.pop(rb)
+        inside = set(self.members[ra])
+        self.external[ra] = (self.external[ra] | self.external.pop(rb)) - inside
         return ra
 
 
@@ -137,22 +144,21 @@ class Fuse:
         if self.strategy == "none":
             singles = [o for o in live if cls[o] != "view" and not graph.ops[o].name.endswith("constant")]
             return [[o] for o in singles], made
-        kernel_ops = [o for o in live if cls[o] not in ("generator", "view") or _materialised(program, o, cls)]
-        groups = _Groups(kernel_ops)
-        forbid, force = set(parse_edges(self.forbid)), parse_edges(self.force)
         users = graph.consumers()
+        kernel_ops = [o for o in live if cls[o] not in ("generator", "view") or _materialised(program, o, cls, users)]
         in_group = set(kernel_ops)
-
-        def external_users(root: int) -> set[int]:
-            out = set()
-            for o in groups.members[root]:
-                for r in graph.ops[o].results:
-                    if r in graph.escaping or r in graph.outputs:
-                        out.add(-1)
-                    for u in _real_users(graph, users, r):
-                        if u not in in_group or groups.find(u) != root:
-                            out.add(u if u in in_group else -1)
-            return out
+        external: dict[int, set[int]] = {}
+        for o in kernel_ops:
+            ext = set()
+            for r in graph.ops[o].results:
+                if r in graph.escaping or r in graph.outputs:
+                    ext.add(-1)
+                for u in _real_users(graph, users, r):
+                    ext.add(u if u in in_group else -1)
+            ext.discard(o)
+            external[o] = ext
+        groups = _Groups(kernel_ops, cls, external)
+        forbid, force = set(parse_edges(self.forbid)), parse_edges(self.force)
 
         def allowed(p: int, c: int) -> bool:
             if (p, c) in forbid:
@@ -163,8 +169,7 @@ class Fuse:
             rp, rc = groups.find(p), groups.find(c)
             if rp == rc:
                 return False
-            kinds_p = {cls[o] for o in groups.members[rp]}
-            kinds_c = {cls[o] for o in groups.members[rc]}
+            kinds_p, kinds_c = groups.kinds[rp], groups.kinds[rc]
             aggressive = self.strategy == "aggressive"
             if pc in ("opaque", "root") or cc == "opaque":
                 return False
@@ -184,25 +189,23 @@ class Fuse:
                     return False
                 if "matmul" in kinds_c and "reduce" in kinds_p:
                     return False
-            ext = external_users(rp)
-            return ext <= {c} | set(groups.members[rc])
+            # no other path from the producer's group may leave and come back (that would be a cycle)
+            return all(u == c or (u >= 0 and u in in_group and groups.find(u) == rc) for u in groups.external[rp])
 
         order = sorted(kernel_ops, reverse=True)   # consumers before producers
         for c in order:
-            changed = True
-            while changed:
-                changed = False
-                for o in list(groups.members[groups.find(c)]):
-                    for v in graph.ops[o].operands:
-                        p = graph.producers.get(v)
-                        if p is None or p not in in_group:
-                            continue
-                        if groups.find(p) == groups.find(c):
-                            continue
-                        if allowed(p, o):
-                            groups.union(p, o)
-                            made.add((p, o))
-                            changed = True
+            work = [c]
+            while work:   # ops of c's group whose producers have not been tried yet
+                o = work.pop()
+                for v in graph.ops[o].operands:
+                    p = graph.producers.get(v)
+                    if p is None or p not in in_group or groups.find(p) == groups.find(o):
+                        continue
+                    if allowed(p, o):
+                        fresh = list(groups.members[groups.find(p)])
+                        groups.union(p, o)
+                        made.add((p, o))
+                        work.extend(fresh)
         for p, c in force:
             if p in in_group and c in in_group and groups.find(p) != groups.find(c):
                 groups.union(p, c)
@@ -229,13 +232,12 @@ def _real_users(graph, users, vid: int) -> list[int]:
     return out
 
 
-def _materialised(program, oid: int, cls) -> bool:
+def _materialised(program, oid: int, cls, users) -> bool:
     """A generator is materialised only when something that cannot fuse it reads it (or it is an output)."""
     graph = program.graph
     op = graph.ops[oid]
     if cls[oid] == "view":
         return False
-    users = graph.consumers()
     for r in op.results:
         if r in graph.outputs or r in graph.escaping:
             return True
@@ -272,8 +274,12 @@ def _sibling_fusion(program, groups, cls, in_group, made, users) -> None:
 
 
 def _depends(graph, groups, src: int, dst: int, users, limit: int = 4096) -> bool:
-    """Whether group ``dst`` (transitively) reads a result of group ``src``."""
+    """Whether group ``dst`` (transitively) reads a result of group ``src``.
+
+    Op ids are a topological order (an op comes after its operands' producers, loop bodies after
+    their loop), so the search never needs to go past the last op of ``dst``."""
     dst_members = set(groups.members[groups.find(dst)])
+    horizon = max(dst_members)
     stack = [r for o in groups.members[groups.find(src)] for r in graph.ops[o].results]
     seen: set[int] = set()
     while stack and len(seen) < limit:
@@ -284,7 +290,8 @@ def _depends(graph, groups, src: int, dst: int, users, limit: int = 4096) -> boo
         for u in users.get(v, ()):
             if u in dst_members:
                 return True
-            stack.extend(graph.ops[u].results)
+            if u < horizon:
+                stack.extend(graph.ops[u].results)
     return len(seen) >= limit   # too far to prove independence: assume dependent
 
 
