@@ -66,7 +66,8 @@ class Estimate:
     memory_peaks: tuple[tuple[str, int], ...] = ()        # (level, peak live bytes placed there)
     memory_capacities: tuple[tuple[str, float], ...] = ()
     plan_notes: tuple[str, ...] = ()
-    _op_rows: tuple[dict, ...] = field(default=(), repr=False)
+    _program: Any = field(default=None, repr=False, compare=False)
+    _plan: Any = field(default=None, repr=False, compare=False)
 
     # -- totals: every kernel's time is attributed to its bound; the parts add up to ``seconds``
     @property
@@ -150,7 +151,18 @@ class Estimate:
     # -- breakdowns -----------------------------------------------------------
     def op_rows(self) -> list[dict]:
         """Per op: its counted work over all executions (ops in a fused kernel share the kernel's time)."""
-        return [dict(r) for r in self._op_rows]
+        program, plan = self._program, self._plan
+        kernel_of = {o: i for i, k in enumerate(self.kernels) for o in k.ops}
+        rows = []
+        for op, k in zip(program.graph.ops, program.weights):
+            w = plan.work(program, op.id)
+            if w is None or k == 0:
+                continue
+            phase, layer, prim = names.parse(op.name_stack)
+            rows.append({"op": op.id, "name": op.name, "primitive": prim, "layer": layer, "phase": phase,
+                         "executions": k, "flops": w.flops * k, "transcendentals": w.transcendentals * k,
+                         "bytes_unfused": w.bytes_accessed * k, "dtype": w.dtype, "kernel": kernel_of.get(op.id)})
+        return rows
 
     def layer_rows(self, depth: int | None = None) -> list[dict]:
         """Per layer (name-stack path cut at ``depth`` components): time, share, bound."""
@@ -286,7 +298,6 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
     graph = program.graph
     kernels = plan.kernels if plan.kernels is not None else default_kernels(program)
     rows: list[KernelRow] = []
-    op_rows: list[dict] = []
     total_flops = total_trans = total_bytes = 0.0
     for kern in kernels:
         works = [w for w in (plan.work(program, o) for o in kern.ops) if w is not None]
@@ -331,13 +342,6 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
             flops=0.0, transcendentals=0.0, bytes_moved=nbytes, collective_bytes=0.0, compute_s=0.0,
             memory_s=nbytes / bw + max(main.latency_s, level.latency_s), comm_s=0.0, overhead_s=0.0, bound="memory"))
         total_bytes += nbytes
-    for op, w, k in zip(graph.ops, program.works, program.weights):
-        if w is None or k == 0:
-            continue
-        phase, layer, prim = names.parse(op.name_stack)
-        op_rows.append({"op": op.id, "name": op.name, "primitive": prim, "layer": layer, "phase": phase,
-                        "executions": k, "flops": w.flops * k, "transcendentals": w.transcendentals * k,
-                        "bytes_unfused": w.bytes_accessed * k, "dtype": w.dtype})
     rows = _mark_phases(rows)
     transient = _transient_values(program, kernels)
     elsewhere = frozenset((plan.placement or {}).keys())
@@ -356,7 +360,7 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
         live_at_peak=tuple((t.producer, t.nbytes) for t in live.live_at_peak),
         unknown_ops=program.unknown_ops,
         unknown_loops=tuple(f"{lp.name_stack} ({lp.reason})" for lp in program.unknown_loops),
-        peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes, _op_rows=tuple(op_rows))
+        peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes, _program=program, _plan=plan)
 
 
 def _transient_values(program: Program, kernels: Sequence[Kernel]) -> frozenset[int]:

@@ -202,11 +202,15 @@ class _Importer:
         self.ops: list[Op] = []
         self.loops: list[LoopInfo] = []
         self.escaping: set[int] = set()
+        self.types: dict[Any, TensorType] = {}   # ir.Type -> TensorType (types repeat a lot)
         self.depth = 0
 
     # -- values -------------------------------------------------------------
     def new_value(self, t: Any) -> int:
-        self.values.append(tensor_type(t))
+        tt = self.types.get(t)
+        if tt is None:
+            tt = self.types[t] = tensor_type(t)
+        self.values.append(tt)
         return len(self.values) - 1
 
     def lookup(self, env: dict, value: Any, where: str) -> int:

@@ -143,3 +143,15 @@ def test_peak_memory_and_fit(h100):
     est_small = explorer.estimate(prog, small)
     assert not est_small.fits_in_memory
     assert "DOES NOT FIT" in est_small.table()
+
+
+def test_op_rows_account_for_every_counted_flop(h100):
+    def f(x, w):
+        return jax.nn.gelu(x @ w).sum()
+    prog = explorer.lower(f, S((128, 256), jnp.float32), S((256, 512), jnp.float32))
+    est = explorer.estimate(prog, h100)
+    rows = est.op_rows()
+    assert sum(r["flops"] for r in rows) == pytest.approx(prog.flops)
+    assert sum(r["flops"] for r in rows) == pytest.approx(est.flops)
+    dots = [r for r in rows if r["primitive"] == "dot_general"]
+    assert dots[0]["flops"] == 2 * 128 * 256 * 512 and dots[0]["kernel"] is not None
