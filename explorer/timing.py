@@ -9,16 +9,40 @@ Per kernel: a roofline with efficiency, refined by what the target describes:
 - memory traffic at the level's bandwidth x efficiency, plus its latency once per kernel;
 - collectives by an alpha-beta model on the scale-up (or scale-out) network;
 - kernel time = max(compute, memory, communication) + launch overhead.
+
+One set of formulas serves two callers: ``estimate`` passes a ``Target`` (Python floats), a
+vectorised sweep passes an object with the same attributes holding numpy arrays (one entry per
+variant). The helpers ``_max`` / ``_where`` use the builtins on floats, so scalar results are
+exactly those of plain Python arithmetic, and numpy's elementwise IEEE operations on arrays give
+the same bits per variant.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 from .costs import Gemm, Work
 
 BOUNDS = ("compute", "memory", "communication", "overhead")
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def _max(a, b):
+    """``max`` on floats, ``np.maximum`` when either side is an array of variants."""
+    return np.maximum(a, b) if _is_array(a) or _is_array(b) else max(a, b)
+
+
+def _where(cond, a, b):
+    """``a if cond else b`` on a bool, ``np.where`` on an array of variants."""
+    if _is_array(cond):
+        return np.where(cond, a, b)
+    return a if cond else b
 
 
 @dataclass(frozen=True)
@@ -30,7 +54,7 @@ class KernelTime:
 
     @property
     def seconds(self) -> float:
-        return max(self.compute_s, self.memory_s, self.comm_s) + self.overhead_s
+        return _max(_max(self.compute_s, self.memory_s), self.comm_s) + self.overhead_s
 
     @property
     def bound(self) -> str:
@@ -40,6 +64,14 @@ class KernelTime:
         if body == self.comm_s and self.comm_s > 0:
             return "communication"
         return "compute" if self.compute_s >= self.memory_s else "memory"
+
+
+def bound_codes(compute_s, memory_s, comm_s, overhead_s) -> np.ndarray:
+    """``KernelTime.bound`` for arrays of variants, as indices into ``BOUNDS`` (same rule, same order of tests)."""
+    body = np.maximum(np.maximum(compute_s, memory_s), comm_s)
+    return np.where(overhead_s >= body, 3,
+                    np.where((body == comm_s) & (comm_s > 0), 2,
+                             np.where(compute_s >= memory_s, 0, 1)))
 
 
 def matrix_utilisation(g: Gemm, tile: tuple[int, int, int], units: int) -> float:
@@ -56,19 +88,34 @@ def matrix_utilisation(g: Gemm, tile: tuple[int, int, int], units: int) -> float
     return padding * items / (waves * units)
 
 
+def _utilisation(g: Gemm, tile, units):
+    """``matrix_utilisation`` for scalars, or per variant when the tile / unit count are arrays.
+
+    Integer arithmetic (ceil, floor division) stays in Python: each distinct (tile, units)
+    combination is evaluated once by the scalar function and spread over the variants."""
+    if not (_is_array(units) or any(_is_array(t) for t in tile)):
+        return matrix_utilisation(g, tuple(tile), units)
+    combos = np.stack(np.broadcast_arrays(*tile, units), axis=1)
+    uniq, inverse = np.unique(combos, axis=0, return_inverse=True)
+    values = np.array([matrix_utilisation(g, (int(a), int(b), int(c)), int(u)) for a, b, c, u in uniq])
+    return values[inverse.reshape(-1)]
+
+
 def matrix_seconds(target, w: Work) -> float:
     if not w.matrix_flops:
         return 0.0
     rate = target.matrix_rate(w.dtype) * target.efficiency.matrix
     if w.gemm is not None:
-        rate *= matrix_utilisation(w.gemm, tuple(target.compute.matrix_tile), target.compute.matrix_units)
+        rate *= _utilisation(w.gemm, tuple(target.compute.matrix_tile), target.compute.matrix_units)
     return w.matrix_flops / rate
 
 
 def vector_seconds(target, w: Work) -> float:
+    # Vector peaks are quoted with an FMA as 2 flops; an elementwise op (counted as 1 flop) takes a whole
+    # issue slot, so a stream of elementwise ops runs at half the quoted peak.
     t = 0.0
     if w.vector_flops:
-        t += w.vector_flops / (target.vector_rate(w.dtype or "f32") * target.efficiency.vector)
+        t += w.vector_flops / (target.vector_rate(w.dtype or "f32") / 2 * target.efficiency.vector)
     if w.transcendentals:
         t += w.transcendentals / (target.compute.transcendental_per_s * target.efficiency.vector)
     return t
@@ -79,15 +126,19 @@ def collective_seconds(target, w: Work) -> float:
     n = max(1, w.group_size)
     if not w.collective or n == 1:
         return 0.0
-    net = target.scale_up if n <= target.scale_up.domain_size else target.scale_out
-    bw = net.chip_bandwidth_bytes_per_s * net.efficiency
-    alpha, size = net.latency_s, w.collective_bytes
+    up, out = target.scale_up, target.scale_out
+    in_domain = n <= up.domain_size
+    bw = _where(in_domain, up.chip_bandwidth_bytes_per_s * up.efficiency, out.chip_bandwidth_bytes_per_s * out.efficiency)
+    alpha = _where(in_domain, up.latency_s, out.latency_s)
+    size = w.collective_bytes
     if w.collective == "all_reduce":
         return 2 * (n - 1) * alpha + 2 * (n - 1) / n * size / bw          # reduce-scatter + all-gather rings
     if w.collective in ("all_gather", "reduce_scatter", "all_to_all"):
         return (n - 1) * alpha + (n - 1) / n * size / bw
     if w.collective == "collective_permute":
-        return alpha + size / (net.link_bandwidth_bytes_per_s * net.efficiency)
+        link = _where(in_domain, up.link_bandwidth_bytes_per_s * up.efficiency,
+                      out.link_bandwidth_bytes_per_s * out.efficiency)
+        return alpha + size / link
     return (n - 1) * alpha + size / bw
 
 
@@ -104,7 +155,7 @@ def kernel_time(target, works: Iterable[Work], traffic: Mapping[str, float], *, 
             continue
         level = target.memory_level(level_name)
         memory += nbytes / (level.bandwidth_bytes_per_s * target.efficiency.memory)
-        latency = max(latency, level.latency_s)
-    compute = max(matrix, vector)   # matrix and vector units work concurrently inside one kernel
+        latency = _max(latency, level.latency_s)
+    compute = _max(matrix, vector)   # matrix and vector units work concurrently inside one kernel
     overhead = target.launch_overhead_s if launches else 0.0
     return KernelTime(compute_s=compute, memory_s=memory + latency, comm_s=comm, overhead_s=overhead)

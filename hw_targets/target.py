@@ -1,0 +1,262 @@
+"""Hardware targets: frozen dataclasses whose field names carry their units.
+
+A target describes one accelerator and the system around it. A what-if variant is a
+``replace`` of one knob (``target.replace(**{"memory.hbm.bandwidth_bytes_per_s": 6.7e12})``),
+never a mutation; every variant is validated like a loaded preset.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+MEMORY_KINDS = ("on_chip", "cache", "main", "host")
+TOPOLOGIES = ("switch", "ring", "full_mesh", "torus_2d", "torus_3d", "fat_tree", "none")
+TARGET_KINDS = ("gpu", "tpu", "npu", "cpu", "hypothetical")
+MATRIX_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
+VECTOR_DTYPES = ("fp32", "bf16", "fp16", "fp64")
+
+
+class TargetError(ValueError):
+    """Bad target data: the message names the file, the field and the value."""
+
+
+class FrozenMap(Mapping[str, float]):
+    """A read-only, hashable mapping (dtype -> rate) so targets stay hashable."""
+
+    def __init__(self, items: Mapping[str, float] | None = None):
+        self._d = dict(sorted((items or {}).items()))
+
+    def __getitem__(self, k: str) -> float:
+        return self._d[k]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._d.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._d) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._d!r})"
+
+
+@dataclass(frozen=True)
+class MemoryLevel:
+    name: str                      # "smem", "l2", "sram", "vmem", "hbm", "host", ...
+    kind: str                      # on_chip | cache | main | host
+    capacity_bytes: float
+    bandwidth_bytes_per_s: float   # aggregate, one chip; for "host": the host link, one direction
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class Network:
+    topology: str                  # switch | ring | full_mesh | torus_2d | torus_3d | fat_tree | none
+    domain_size: int               # chips reachable in this network
+    torus_dims: tuple[int, ...]    # () unless a torus; product == domain_size
+    link_bandwidth_bytes_per_s: float    # one link, one direction
+    links_per_chip: int
+    chip_bandwidth_bytes_per_s: float    # all links of one chip, one direction
+    latency_s: float               # per hop / per message start-up (alpha)
+    efficiency: float              # achievable fraction of link bandwidth at large messages
+    in_network_reduction: bool     # e.g. NVLink SHARP in NVSwitch systems
+
+
+@dataclass(frozen=True)
+class Compute:
+    matrix_flops_per_s: FrozenMap        # dense peaks by operand dtype: fp32 tf32 bf16 fp16 fp8 int8 (int8 in ops/s)
+    vector_flops_per_s: FrozenMap        # non-matrix units: fp32 bf16 fp16 fp64
+    transcendental_per_s: float          # exp/log/tanh/rsqrt... elements per second
+    matrix_units: int                    # units a matmul's output tiles are spread over (SMs, TensorCores, CUs)
+    matrix_tile: tuple[int, int, int]    # (m, n, k) tile a unit processes natively; dims are padded to it
+    clock_hz: float
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    matrix: float      # achievable fraction of the dense matrix peak on large, well-shaped GEMMs
+    vector: float      # achievable fraction of the vector / transcendental peaks
+    memory: float      # achievable fraction of a memory level's peak bandwidth (streaming)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    kind: str
+    compute: Compute
+    memory: tuple[MemoryLevel, ...]      # fastest first
+    scale_up: Network
+    scale_out: Network
+    efficiency: Efficiency
+    launch_overhead_s: float             # per kernel launch / dispatch
+    tdp_w: float
+    price_usd: float | None = None
+    die_area_mm2: float | None = None
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        from .validate import validate_target
+
+        validate_target(self, self.source or self.name)
+
+    # -- lookups --------------------------------------------------------------------
+    @property
+    def main_memory(self) -> MemoryLevel:
+        return next(m for m in self.memory if m.kind == "main")
+
+    @property
+    def on_chip(self) -> MemoryLevel | None:
+        levels = [m for m in self.memory if m.kind == "on_chip"]
+        return max(levels, key=lambda m: (m.capacity_bytes, m.name)) if levels else None
+
+    @property
+    def host_memory(self) -> MemoryLevel | None:
+        return next((m for m in self.memory if m.kind == "host"), None)
+
+    def memory_level(self, name: str) -> MemoryLevel:
+        for m in self.memory:
+            if m.name == name:
+                return m
+        raise TargetError(f"{self.name}: no memory level {name!r}; levels: {', '.join(m.name for m in self.memory)}")
+
+    def matrix_rate(self, dtype: str) -> float:
+        """Matrix-unit flops/s for an operand element type (StableHLO names: f32, bf16, f8E4M3FN, i8, ...).
+
+        Fallbacks where a chip lists no figure: fp8 -> bf16; int8 -> the larger of fp8 and bf16;
+        fp16 -> bf16; tf32 (f32 at default precision) -> fp32; fp32 -> the fp32 vector rate;
+        f64 and other integers -> the fp32 vector rate.
+        """
+        m = self.compute.matrix_flops_per_s
+        key = _matrix_key(dtype)
+        if key in m:
+            return m[key]
+        if key == "fp8":
+            return m["bf16"]
+        if key == "int8":
+            return max(m.get("fp8", 0.0), m["bf16"])
+        if key == "fp16":
+            return m["bf16"]
+        if key == "tf32" and "fp32" in m:
+            return m["fp32"]
+        return self.vector_rate("f32")
+
+    def vector_rate(self, dtype: str) -> float:
+        """Vector-unit flops/s: bf16/fp16 fall back to fp32; every other type runs at the fp32 rate."""
+        v = self.compute.vector_flops_per_s
+        key = {"bf16": "bf16", "f16": "fp16", "f64": "fp64"}.get(dtype, "fp32")
+        return v.get(key, v["fp32"])
+
+    # -- what-if knobs ----------------------------------------------------------------
+    def knobs(self) -> dict[str, float]:
+        """Every numeric what-if parameter, by dotted name (deterministic order)."""
+        k: dict[str, float] = {}
+        c = self.compute
+        for d, v in c.matrix_flops_per_s.items():
+            k[f"compute.matrix_flops_per_s.{d}"] = float(v)
+        for d, v in c.vector_flops_per_s.items():
+            k[f"compute.vector_flops_per_s.{d}"] = float(v)
+        k["compute.transcendental_per_s"] = float(c.transcendental_per_s)
+        k["compute.matrix_units"] = float(c.matrix_units)
+        for axis, v in zip("mnk", c.matrix_tile):
+            k[f"compute.matrix_tile.{axis}"] = float(v)
+        k["compute.clock_hz"] = float(c.clock_hz)
+        for m in self.memory:
+            for f in ("capacity_bytes", "bandwidth_bytes_per_s", "latency_s"):
+                k[f"memory.{m.name}.{f}"] = float(getattr(m, f))
+        for net_name in ("scale_up", "scale_out"):
+            net = getattr(self, net_name)
+            for f in ("domain_size", "link_bandwidth_bytes_per_s", "links_per_chip", "chip_bandwidth_bytes_per_s",
+                      "latency_s", "efficiency"):
+                k[f"{net_name}.{f}"] = float(getattr(net, f))
+        for f in ("matrix", "vector", "memory"):
+            k[f"efficiency.{f}"] = float(getattr(self.efficiency, f))
+        k["launch_overhead_s"] = float(self.launch_overhead_s)
+        k["tdp_w"] = float(self.tdp_w)
+        if self.price_usd is not None:
+            k["price_usd"] = float(self.price_usd)
+        if self.die_area_mm2 is not None:
+            k["die_area_mm2"] = float(self.die_area_mm2)
+        return k
+
+    def replace(self, **changes: float) -> "Target":
+        """A new, validated target with the given knobs (dotted names from ``knobs()``) changed."""
+        t = self
+        known = self.knobs()
+        for name, value in changes.items():
+            if name not in known:
+                import difflib
+
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TargetError(f"{self.name}: unknown knob {name!r}{hint}")
+            t = _set(t, name.split("."), value, self.name)
+        return dataclasses.replace(t, source=self.source)
+
+
+_INT_FIELDS = {"matrix_units", "domain_size", "links_per_chip"}
+
+
+def _as_number(value: Any, name: str, owner: str, integer: bool) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TargetError(f"{owner}: knob {name!r} must be a number, got {value!r}")
+    if integer:
+        if float(value) != int(value):
+            raise TargetError(f"{owner}: knob {name!r} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _set(t: Target, path: list[str], value: Any, owner: str) -> Target:
+    dotted = ".".join(path)
+    head = path[0]
+    if head == "compute":
+        c = t.compute
+        if path[1] in ("matrix_flops_per_s", "vector_flops_per_s"):
+            d = dict(getattr(c, path[1]))
+            d[path[2]] = _as_number(value, dotted, owner, False)
+            c = dataclasses.replace(c, **{path[1]: FrozenMap(d)})
+        elif path[1] == "matrix_tile":
+            tile = list(c.matrix_tile)
+            tile["mnk".index(path[2])] = _as_number(value, dotted, owner, True)
+            c = dataclasses.replace(c, matrix_tile=tuple(tile))
+        else:
+            c = dataclasses.replace(c, **{path[1]: _as_number(value, dotted, owner, path[1] in _INT_FIELDS)})
+        return _rebuild(t, compute=c)
+    if head == "memory":
+        levels = tuple(dataclasses.replace(m, **{path[2]: _as_number(value, dotted, owner, False)})
+                       if m.name == path[1] else m for m in t.memory)
+        return _rebuild(t, memory=levels)
+    if head in ("scale_up", "scale_out"):
+        net = getattr(t, head)
+        new = dataclasses.replace(net, **{path[1]: _as_number(value, dotted, owner, path[1] in _INT_FIELDS)})
+        if path[1] == "domain_size" and net.torus_dims:
+            new = dataclasses.replace(new, torus_dims=())   # a resized torus is described by its size alone
+        return _rebuild(t, **{head: new})
+    if head == "efficiency":
+        return _rebuild(t, efficiency=dataclasses.replace(t.efficiency, **{path[1]: _as_number(value, dotted, owner, False)}))
+    return _rebuild(t, **{head: _as_number(value, dotted, owner, False)})
+
+
+def _rebuild(t: Target, **changes: Any) -> Target:
+    return dataclasses.replace(t, **changes)
+
+
+def _matrix_key(dtype: str) -> str:
+    if dtype in MATRIX_DTYPES:
+        return dtype
+    if dtype == "f32":
+        return "fp32"
+    if dtype == "f16":
+        return "fp16"
+    if dtype.startswith("f8"):
+        return "fp8"
+    if dtype in ("i8", "ui8", "i4", "ui4"):
+        return "int8"
+    return dtype
