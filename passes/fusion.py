@@ -267,7 +267,10 @@ def _sibling_fusion(program, groups, cls, in_group, made, users) -> None:
                 continue
             if graph.ops[groups.members[a][0]].frames != graph.ops[groups.members[b][0]].frames:
                 continue
-            if _depends(graph, groups, a, b, users) or _depends(graph, groups, b, a, users):
+            ma, mb = groups.members[a], groups.members[b]
+            # ids are topological: a group entirely before the other cannot read from it
+            a_first, b_first = max(ma) < min(mb), max(mb) < min(ma)
+            if (not b_first and _depends(graph, groups, a, b, users)) or (not a_first and _depends(graph, groups, b, a, users)):
                 continue
             groups.union(a, b)
             made.add((min(groups.members[groups.find(a)]), -v - 1))
