@@ -63,3 +63,22 @@ def compare(program, targets: Sequence[Any], pipeline: str | Sequence[Any] | Non
     pipes = list(pipelines) if pipelines is not None else [pipeline]
     ests = [estimate(program, t, pipeline=p, strict=strict) for t in targets for p in pipes]
     return Comparison(tuple(ests))
+
+
+def compare_alternatives(program, target, pipeline: str | Sequence[Any] = "fuse{strategy=xla}",
+                         strict: bool = False) -> Comparison:
+    """Every single-pass alternative of ``pipeline`` on one target: for each pass, each instance its
+    ``alternatives()`` lists replaces it in turn (the explorer, not the pass, iterates). The first row is
+    ``pipeline`` itself."""
+    from passes import pipeline as pl
+
+    from . import estimate
+
+    base = pl.resolve(pipeline)
+    variants: list[list] = [base]
+    for i, p in enumerate(base):
+        for alt in (p.alternatives() if hasattr(p, "alternatives") else []):
+            candidate = base[:i] + [alt] + base[i + 1:]
+            if candidate not in variants:
+                variants.append(candidate)
+    return Comparison(tuple(estimate(program, target, pipeline=v, strict=strict) for v in variants))

@@ -91,3 +91,12 @@ def test_offload_to_host_makes_it_fit_at_a_price(h100):
     est = explorer.estimate(prog, tiny, pipeline="fuse{strategy=xla},place{offload=auto}")
     assert est.fits_in_memory, est.memory_report()
     assert est.seconds > explorer.estimate(prog, h100, pipeline="fuse{strategy=xla}").seconds
+
+
+def test_the_explorer_iterates_over_each_pass_alternatives(h100):
+    prog = explorer.lower(mlp, *MLP_ARGS)
+    cmp = explorer.compare_alternatives(prog, h100, "fuse{strategy=xla},place{policy=greedy}")
+    pipes = [r["pipeline"] for r in cmp.rows()]
+    assert pipes[0] == "fuse{strategy=xla},place{policy=greedy}"
+    assert "fuse{strategy=none},place{policy=greedy}" in pipes and "fuse{strategy=xla},place{policy=ilp}" in pipes
+    assert len(pipes) == len(set(pipes)) == 5
