@@ -236,7 +236,7 @@ def _set(t: Target, path: list[str], value: Any, owner: str) -> Target:
     if head in ("scale_up", "scale_out"):
         net = getattr(t, head)
         new = dataclasses.replace(net, **{path[1]: _as_number(value, dotted, owner, path[1] in _INT_FIELDS)})
-        if path[1] == "domain_size" and net.torus_dims:
+        if path[1] == "domain_size" and net.torus_dims and new.domain_size != net.domain_size:
             new = dataclasses.replace(new, torus_dims=())   # a resized torus is described by its size alone
         return _rebuild(t, **{head: new})
     if head == "efficiency":

@@ -124,3 +124,57 @@ def test_a_new_chip_is_one_toml_file(tmp_path):
     path = write_variant(tmp_path, 'name = "h100_sxm"', 'name = "my_chip"', name="my_chip.toml")
     t = hw_targets.load(path)
     assert t.name == "my_chip" and t.source == str(path)
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_every_knob_of_every_preset_round_trips(name):
+    t = hw_targets.load(name)
+    for knob, value in t.knobs().items():
+        assert t.replace(**{knob: value}) == t, f"{name}: {knob}"
+
+
+def test_resizing_a_torus_keeps_the_dims_only_when_the_size_is_unchanged():
+    v5e = hw_targets.load("tpu_v5e")
+    assert v5e.replace(**{"scale_up.domain_size": 256}).scale_up.torus_dims == (16, 16)
+    assert v5e.replace(**{"scale_up.domain_size": 128}).scale_up.torus_dims == ()
+
+
+# Copied from ../shared/reference/hardware_specs.csv (hbm_capacity_GB, hbm_bw_TBps, bf16_dense_tflops):
+# preset -> (CSV accelerator, CSV variant substring, HBM GB, HBM TB/s, dense bf16 TFLOP/s).
+CSV_FIGURES = {
+    "a100_sxm": ("NVIDIA A100", "80GB", 80, 2.039, 312),
+    "h100_sxm": ("NVIDIA H100", "SXM5", 80, 3.35, 989.4),
+    "h200": ("NVIDIA H200", "141GB", 141, 4.8, 989.4),
+    "b200": ("NVIDIA B200", "HGX", 180, 8.0, 2250),
+    "mi300x": ("AMD Instinct MI300X", "OAM", 192, 5.3, 1307.4),
+    "tpu_v4": ("Google TPU v4", "v4", 34.4, 1.2, 275),
+    "tpu_v5e": ("Google TPU v5e", "v5litepod", 16, 0.819, 197),
+    "tpu_v5p": ("Google TPU v5p", "v5p", 95, 2.765, 459),
+    "tpu_v6e": ("Google TPU v6e (Trillium)", "v6e", 32, 1.64, 918),
+    "gaudi3": ("Intel Gaudi 3", "HL-325L", 128, 3.67, 1677),   # CSV: 1835 spec / 1677 at the shipping 1600 MHz
+    "trainium2": ("AWS Trainium2 (Trn2)", "Trainium2", 103, 2.9, 667),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CSV_FIGURES))
+def test_every_preset_matches_the_reference_table(name):
+    _, _, hbm_gb, hbm_tbps, bf16_tflops = CSV_FIGURES[name]
+    t = hw_targets.load(name)
+    assert t.main_memory.capacity_bytes == pytest.approx(hbm_gb * 1e9, rel=0.01)   # GiB figures rounded in the CSV
+    assert t.main_memory.bandwidth_bytes_per_s == pytest.approx(hbm_tbps * 1e12, rel=1e-9)
+    assert t.matrix_rate("bf16") == pytest.approx(bf16_tflops * 1e12, rel=1e-9)
+
+
+def test_embedded_figures_agree_with_the_csv_where_it_is_checked_out():
+    import csv
+
+    root = Path(__file__).resolve().parents[1]
+    found = [p for p in (root / "shared", root.parent / "shared") if (p / "reference/hardware_specs.csv").is_file()]
+    if not found:
+        pytest.skip("shared/reference/hardware_specs.csv is not checked out here")
+    rows = list(csv.DictReader((found[0] / "reference/hardware_specs.csv").open()))
+    for name, (accelerator, variant, hbm_gb, hbm_tbps, bf16_tflops) in CSV_FIGURES.items():
+        row = next(r for r in rows if r["accelerator"] == accelerator and variant in r["variant"])
+        assert float(row["hbm_capacity_GB"]) == hbm_gb, name
+        assert float(row["hbm_bw_TBps"]) == hbm_tbps, name
+        assert str(bf16_tflops) in row["bf16_dense_tflops"], name
