@@ -49,6 +49,8 @@ def op_class(program, oid: int) -> str:
     w = program.works[oid]
     if w is None:
         return "opaque"
+    if op.regions:
+        return "opaque"      # while / case / manual computation: a fusion barrier that reads real buffers
     if op.name in _GENERATORS:
         return "generator"
     if not w.launches_kernel:
@@ -142,10 +144,11 @@ class Fuse:
         cls = {o: op_class(program, o) for o in live}
         made: set[Edge] = set()
         if self.strategy == "none":
-            singles = [o for o in live if cls[o] != "view" and not graph.ops[o].name.endswith("constant")]
+            singles = [o for o in live if program.works[o].launches_kernel]
             return [[o] for o in singles], made
         users = graph.consumers()
-        kernel_ops = [o for o in live if cls[o] not in ("generator", "view") or _materialised(program, o, cls, users)]
+        kernel_ops = [o for o in live if (program.works[o].launches_kernel and cls[o] != "generator")
+                      or (cls[o] == "generator" and _materialised(program, o, cls, users))]
         in_group = set(kernel_ops)
         external: dict[int, set[int]] = {}
         for o in kernel_ops:
