@@ -182,8 +182,10 @@ class Fuse:
                 if not (self.matmul_epilogue and cc in ("elementwise", "movement")) and not aggressive:
                     return False
             if cc == "matmul" and pc in ("elementwise", "movement") and not aggressive:
-                # operand-side fusion into a matmul: only converts / transposes / broadcasts (layout work)
-                if graph.ops[p].name not in ("stablehlo.convert", "stablehlo.transpose", "stablehlo.broadcast_in_dim"):
+                # operand-side fusion into a matmul: layout work only (converts, transposes, broadcasts) and
+                # slices, which only offset the operand's address (XLA's dynamic-slice / address-computation fusion)
+                if graph.ops[p].name not in ("stablehlo.convert", "stablehlo.transpose", "stablehlo.broadcast_in_dim",
+                                             "stablehlo.slice", "stablehlo.dynamic_slice"):
                     return False
             if not aggressive:
                 if "matmul" in kinds_p and "matmul" in kinds_c:
@@ -201,7 +203,7 @@ class Fuse:
             while work:   # ops of c's group whose producers have not been tried yet
                 o = work.pop()
                 for v in graph.ops[o].operands:
-                    p = graph.producers.get(v)
+                    p = _producer_through_views(graph, v, cls)
                     if p is None or p not in in_group or groups.find(p) == groups.find(o):
                         continue
                     if allowed(p, o):
@@ -216,6 +218,16 @@ class Fuse:
         if self.multi_output:
             _sibling_fusion(program, groups, cls, in_group, made, users)
         return [sorted(m) for m in groups.members.values()], made
+
+
+def _producer_through_views(graph, vid: int, cls) -> int | None:
+    """The op that really produces a value, looking through reshapes/bitcasts (views, not kernels)."""
+    for _ in range(64):
+        p = graph.producers.get(vid)
+        if p is None or cls.get(p) != "view" or len(graph.ops[p].operands) != 1:
+            return p
+        vid = graph.ops[p].operands[0]
+    return None
 
 
 def _real_users(graph, users, vid: int) -> list[int]:
@@ -332,7 +344,7 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
                 p = graph.producers.get(v)
                 if p is not None and p in mset:
                     continue
-                for src, nbytes in _read_sources(program, plan, v, op, i, kernel_ops):
+                for src, nbytes in _read_sources(program, plan, v, op, i, kernel_ops, mset):
                     reads[src] = max(reads.get(src, 0.0), nbytes)
         writes: list[tuple[int, float]] = []
         intermediates = 0.0
@@ -358,15 +370,18 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
     return tuple(kernels)
 
 
-def _read_sources(program, plan: Plan, v: int, reader, operand_index: int, kernel_ops: set[int]):
+def _read_sources(program, plan: Plan, v: int, reader, operand_index: int, kernel_ops: set[int],
+                  members: set[int]):
     """What reading value ``v`` costs the kernel: generators are looked through (duplicated
     into the kernel, reading their own inputs); partial readers read only their slice."""
     graph = program.graph
     p = graph.producers.get(v)
+    if p is not None and p in members:
+        return   # produced inside this kernel (reached through a view)
     if p is not None and graph.ops[p].name in _GENERATORS | {"stablehlo.reshape", "stablehlo.bitcast_convert"} \
             and p not in kernel_ops:
         for u in graph.ops[p].operands:
-            yield from _read_sources(program, plan, u, graph.ops[p], 0, kernel_ops)
+            yield from _read_sources(program, plan, u, graph.ops[p], 0, kernel_ops, members)
         return
     nbytes = plan.nbytes(program, v)
     if reader.name in _PARTIAL_READERS and operand_index == 0:
