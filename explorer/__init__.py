@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .compare import Comparison, compare
+from .compare import Comparison, compare, compare_alternatives
 from .estimate import Estimate, KernelRow, UnknownOpsError
+from .memory_search import MemorySearch, search_memory
 from .program import Program, from_stablehlo, lower
 
 DEFAULT_PIPELINE = "fuse{strategy=xla}"
@@ -50,5 +51,5 @@ def default_pipeline() -> str:
     return DEFAULT_PIPELINE if "fuse" in pl.available() else ""
 
 
-__all__ = ["lower", "from_stablehlo", "estimate", "compare", "Program", "Estimate", "Comparison", "KernelRow",
-           "UnknownOpsError", "DEFAULT_PIPELINE", "default_pipeline"]
+__all__ = ["lower", "from_stablehlo", "estimate", "compare", "compare_alternatives", "Program", "Estimate", "Comparison", "KernelRow",
+           "UnknownOpsError", "DEFAULT_PIPELINE", "default_pipeline", "search_memory", "MemorySearch"]

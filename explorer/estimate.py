@@ -324,7 +324,8 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
         runs = program.weights[extra.after_op] if extra.after_op >= 0 else 1.0
         if runs == 0:
             continue
-        t = timing.kernel_time(target, [extra.work], {target.main_memory.name: extra.work.bytes_accessed})
+        t = (link_copy_time(target, extra.link, extra.work.bytes_accessed) if extra.link
+             else timing.kernel_time(target, [extra.work], {target.main_memory.name: extra.work.bytes_accessed}))
         phase = extra.phase or (names.parse(graph.ops[extra.after_op].name_stack)[0] if extra.after_op >= 0 else "other")
         rows.append(KernelRow(
             name=extra.name, ops=(), layer=extra.layer, phase=phase, executions=runs, flops=extra.work.flops * runs,
@@ -344,13 +345,13 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
         total_bytes += nbytes
     rows = _mark_phases(rows)
     transient = _transient_values(program, kernels)
-    elsewhere = frozenset((plan.placement or {}).keys())
-    live = liveness.analyse(graph, transient=transient | elsewhere)
+    live = main_memory_liveness(program, plan, kernels)
     peaks = {target.main_memory.name: live.peak_bytes}
     for level in {lvl for lvl in (plan.placement or {}).values()}:
         only = frozenset(v for v, lvl in plan.placement.items() if lvl == level)
         others = frozenset(range(len(graph.values))) - only
-        peaks[level] = liveness.analyse(graph, transient=transient | others).peak_bytes
+        peaks[level] = liveness.analyse(graph, transient=transient | others, ranges=plan.live_ranges,
+                                        sizes=plan.value_bytes).peak_bytes
     return Estimate(
         program=graph.name, target=target.name, pipeline=pipeline_text, kernels=tuple(rows), flops=total_flops,
         transcendentals=total_trans, bytes_accessed=total_bytes, peak_memory_bytes=live.peak_bytes,
@@ -363,8 +364,47 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
         peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes, _program=program, _plan=plan)
 
 
+def main_memory_liveness(program: Program, plan: Plan, kernels: Sequence[Kernel] | None = None) -> liveness.Liveness:
+    """Main-memory liveness as ``price`` reports it: values inside fused kernels and values placed in another
+    level left out; the plan's live-range overrides (remat, activation offload) and per-device sizes applied.
+    One function, so passes that aim at a memory budget (remat ``auto``) see the peak the estimate will report."""
+    kernels = kernels if kernels is not None else (plan.kernels if plan.kernels is not None else default_kernels(program))
+    elsewhere = frozenset((plan.placement or {}).keys())
+    ranged = frozenset(plan.live_ranges or ())   # a value given a live range is materialised over it
+    return liveness.analyse(program.graph, transient=(_transient_values(program, kernels) - ranged) | elsewhere,
+                            ranges=plan.live_ranges, sizes=plan.value_bytes)
+
+
+def link_copy_time(target, level_name: str, nbytes: float) -> timing.KernelTime:
+    """An asynchronous copy of ``nbytes`` between main memory and ``level_name`` (e.g. host offload traffic).
+
+    Priced as communication (a DMA over a link, like a collective) at the slower side's bandwidth, so that
+    an overlappable copy can hide behind compute by the same rule as an async collective."""
+    main, level = target.main_memory, target.memory_level(level_name)
+    bw = min(main.bandwidth_bytes_per_s, level.bandwidth_bytes_per_s) * target.efficiency.memory
+    comm = nbytes / bw + max(main.latency_s, level.latency_s) if nbytes > 0 else 0.0
+    return timing.KernelTime(compute_s=0.0, memory_s=0.0, comm_s=comm, overhead_s=0.0)
+
+
+_TRANSIENT_CACHE: dict[tuple[int, int], tuple[Program, Sequence[Kernel], frozenset[int]]] = {}
+
+
 def _transient_values(program: Program, kernels: Sequence[Kernel]) -> frozenset[int]:
-    """Values that stay inside a fused kernel, or belong to no kernel (duplicated generators), never hit memory."""
+    """Values that stay inside a fused kernel, or belong to no kernel (duplicated generators), never hit memory.
+
+    Cached for the last few (program, kernels) pairs: price, passes aiming at a memory budget (remat) and
+    searches over pipelines ask for the same fusion plan's answer many times."""
+    hit = _TRANSIENT_CACHE.get((id(program), id(kernels)))
+    if hit is not None and hit[0] is program and hit[1] is kernels:
+        return hit[2]
+    out = _transient_uncached(program, kernels)
+    while len(_TRANSIENT_CACHE) >= 4:
+        _TRANSIENT_CACHE.pop(next(iter(_TRANSIENT_CACHE)))
+    _TRANSIENT_CACHE[(id(program), id(kernels))] = (program, kernels, out)
+    return out
+
+
+def _transient_uncached(program: Program, kernels: Sequence[Kernel]) -> frozenset[int]:
     graph = program.graph
     owner = {o: i for i, k in enumerate(kernels) for o in k.ops}
     users = graph.consumers()

@@ -58,7 +58,9 @@ def parse(stack: str) -> tuple[str, str, str]:
     for p in parts[:-1]:
         u = _unwrap(p)
         plumbing = (u in _PLUMBING or p.startswith("jit(") or (u in _REGIONS and prev in ("while", "cond", "switch"))
-                    or u.startswith("branch_"))
+                    or u.startswith("branch_")
+                    # jax.checkpoint's backward: "transpose(jvp(GPT2))/jvp(GPT2)/checkpoint/..." is one GPT2
+                    or (p != u and p.startswith(_WRAPPERS) and layer and layer[-1] == u))
         if not plumbing:
             layer.append(u)
         prev = u

@@ -66,13 +66,26 @@ def value_kind(program, vid: int) -> str:
     return "activation"
 
 
-def peak_usage(spans: dict[int, tuple[int, int]], sizes: dict[int, float], chosen, steps: int) -> np.ndarray:
+def peak_usage(spans: dict[int, tuple[int, int]], sizes: dict[int, float], chosen, steps: int,
+               ranges: dict[int, tuple[tuple[int, int], ...]] | None = None) -> np.ndarray:
+    """Live bytes of ``chosen`` per kernel step; ``ranges`` (kernel-index intervals) replace a value's span."""
     usage = np.zeros(steps + 2)
     for v in chosen:
-        s, e = spans[v]
-        usage[s] += sizes[v]
-        usage[e + 1] -= sizes[v]
+        for s, e in (ranges or {}).get(v, (spans[v],)):
+            usage[s] += sizes[v]
+            usage[e + 1] -= sizes[v]
     return np.cumsum(usage)
+
+
+def _kernel_ranges(kernels, live_ranges) -> dict[int, tuple[tuple[int, int], ...]]:
+    """A plan's op-id live ranges (remat) as kernel-index intervals (an op maps to the kernel starting at or before it)."""
+    import bisect
+
+    starts = [min(k.ops) for k in kernels]
+
+    def at(op_id: int) -> int:
+        return max(bisect.bisect_right(starts, op_id) - 1, 0)
+    return {v: tuple((at(a), at(b)) for a, b in ivs) for v, ivs in live_ranges.items()}
 
 
 @register
@@ -80,12 +93,15 @@ def peak_usage(spans: dict[int, tuple[int, int]], sizes: dict[int, float], chose
 class Place:
     """The placement pass. Options: ``policy`` (hbm | greedy | ilp), ``offload`` (none | auto |
     optimizer | weights | activations: what may move to host memory when main memory overflows),
-    ``level`` (the fast level to fill; default: the target's on-chip level)."""
+    ``level`` (the fast level to fill; default: the target's on-chip level), ``force`` (move every
+    tensor of the kinds ``offload`` names to host memory even when main memory does not overflow: an
+    explicit ZeRO-offload choice). Live ranges set by an earlier pass (remat) are honoured."""
 
     name = "place"
     policy: str = "hbm"
     offload: str = "none"
     level: str = ""
+    force: bool = False
 
     def __post_init__(self):
         if self.policy not in ("hbm", "greedy", "ilp"):
@@ -94,7 +110,7 @@ class Place:
             raise ValueError(f"offload must be none, auto, optimizer, weights or activations, got {self.offload!r}")
 
     def alternatives(self) -> list["Place"]:
-        return [Place(policy=p, offload=self.offload, level=self.level) for p in ("hbm", "greedy", "ilp")]
+        return [Place(policy=p, offload=self.offload, level=self.level, force=self.force) for p in ("hbm", "greedy", "ilp")]
 
     def run(self, program, plan: Plan, target) -> Plan:
         kernels = kernel_order(program, plan)
@@ -125,12 +141,21 @@ class Place:
             moved = sum(sizes[v] for v in chosen if v in boundary)
             if moved:
                 transfers[fast.name] = transfers.get(fast.name, 0.0) + moved
-            notes.append(f"place: {len(chosen)} tensors ({sum(sizes[v] for v in chosen) / 1e6:.1f} MB) in {fast.name}")
+            peak = peak_usage(spans, sizes, chosen, steps).max() if chosen else 0.0
+            notes.append(f"place: {len(chosen)} tensors in {fast.name} ({sum(sizes[v] for v in chosen) / 1e6:.1f} MB over "
+                         f"the program, at most {peak / 1e6:.1f} MB at once)")
         if self.offload != "none" and target.host_memory is not None:
             in_main = [v for v in spans if v not in placement]
-            usage = peak_usage(spans, sizes, in_main, steps)
-            if usage.max() > main.capacity_bytes:
-                moved = _offload(program, self.offload, in_main, spans, sizes, traffic, usage, main.capacity_bytes)
+            ranges = _kernel_ranges(kernels, plan.live_ranges) if plan.live_ranges else None
+            usage = peak_usage(spans, sizes, in_main, steps, ranges)
+            overflows = usage.max() > main.capacity_bytes
+            if overflows and plan.live_ranges:   # after remat: trust the estimate's own liveness when it fits
+                from explorer.estimate import main_memory_liveness
+                overflows = main_memory_liveness(program, plan.with_(placement=MappingProxyType(placement))
+                                                 ).peak_bytes > main.capacity_bytes
+            if self.force or overflows:
+                moved = _offload(program, self.offload, in_main, spans, sizes, traffic, usage, main.capacity_bytes,
+                                 ranges, force=self.force)
                 for v in moved:
                     placement[v] = target.host_memory.name
                 notes.append(f"place: offloaded {len(moved)} tensors ({sum(sizes[v] for v in moved) / 1e9:.2f} GB) "
@@ -174,7 +199,7 @@ def _ilp(cands, spans, sizes, saving, capacity, steps, max_candidates: int = 400
     return [v for v, x in zip(cands, res.x) if x > 0.5]
 
 
-def _offload(program, policy, in_main, spans, sizes, traffic, usage, capacity) -> list[int]:
+def _offload(program, policy, in_main, spans, sizes, traffic, usage, capacity, ranges=None, force=False) -> list[int]:
     allowed = {"auto": ("optimizer", "weight", "activation"), "optimizer": ("optimizer",),
                "weights": ("optimizer", "weight"), "activations": ("activation",)}[policy]
     rank = {k: i for i, k in enumerate(("optimizer", "weight", "activation"))}
@@ -183,11 +208,12 @@ def _offload(program, policy, in_main, spans, sizes, traffic, usage, capacity) -
     moved = []
     usage = usage.copy()
     for v in cands:
-        if usage.max() <= capacity:
+        if not force and usage.max() <= capacity:
             break
-        s, e = spans[v]
-        if usage[s:e + 1].max() <= capacity:
+        intervals = (ranges or {}).get(v, (spans[v],))
+        if not force and all(usage[s:e + 1].max() <= capacity for s, e in intervals):
             continue    # not live at any overflowing step
-        usage[s:e + 1] -= sizes[v]
+        for s, e in intervals:
+            usage[s:e + 1] -= sizes[v]
         moved.append(v)
     return moved

@@ -53,6 +53,8 @@ class ExtraKernel:
     layer: str = "(inserted)"
     phase: str = ""
     overlappable: bool = False
+    link: str = ""             # a copy over this memory level's link (e.g. host offload): priced as
+                               # ``work.bytes_accessed`` at that link's bandwidth, asynchronous like a collective
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Plan:
     work_overrides: Mapping[int, Any] | None = None     # op id -> Work per device (set by sharding)
     value_bytes: Mapping[int, float] | None = None      # value id -> bytes per device (set by sharding)
     extra_kernels: tuple[ExtraKernel, ...] = ()         # inserted work (collectives, transfers)
+    live_ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None  # value -> (first op, last op) intervals
+                                                        # it occupies memory over (set by remat / activation offload)
+    recomputed_ops: frozenset[int] = frozenset()        # ops whose forward work runs again in the backward (remat)
     history: tuple[str, ...] = ()                       # passes applied, in order
     notes: tuple[str, ...] = ()
 
