@@ -13,6 +13,9 @@ from .compare import Comparison, compare, compare_alternatives
 from .estimate import Estimate, KernelRow, UnknownOpsError
 from .memory_search import MemorySearch, search_memory
 from .program import Program, from_stablehlo, lower
+from .search import PlanRow, SearchResult, search_sharding
+from .sensitivity import Sensitivity, sensitivity
+from .sweep import SweepResult, sweep
 
 DEFAULT_PIPELINE = "fuse{strategy=xla}"
 
@@ -51,5 +54,6 @@ def default_pipeline() -> str:
     return DEFAULT_PIPELINE if "fuse" in pl.available() else ""
 
 
-__all__ = ["lower", "from_stablehlo", "estimate", "compare", "compare_alternatives", "Program", "Estimate", "Comparison", "KernelRow",
-           "UnknownOpsError", "DEFAULT_PIPELINE", "default_pipeline", "search_memory", "MemorySearch"]
+__all__ = ["search_sharding", "SearchResult", "PlanRow", "lower", "from_stablehlo", "estimate", "compare", "compare_alternatives", "Program", "Estimate", "Comparison", "KernelRow",
+           "UnknownOpsError", "DEFAULT_PIPELINE", "default_pipeline", "search_memory", "MemorySearch",
+           "sweep", "SweepResult", "sensitivity", "Sensitivity"]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m explorer {compare,show,targets,passes} ...`` (also the ``explorer`` script)."""
+"""Command line: ``python -m explorer {compare,show,targets,passes,regress} ...`` (also the ``explorer`` script)."""
 from __future__ import annotations
 
 import argparse
@@ -28,13 +28,20 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="estimate one program on several targets (and pipelines)")
     model_args(c)
     c.add_argument("--target", action="append", default=None, help="preset name or TOML path (repeatable)")
+    c.add_argument("--plot", metavar="FILE", help="also save a per-target bar chart (.png, .svg or .pdf)")
     s = sub.add_parser("show", help="per-layer / per-kernel breakdown on one target")
     model_args(s)
     s.add_argument("--target", default="h100_sxm")
     s.add_argument("--top", type=int, default=15)
     s.add_argument("--depth", type=int, default=2, help="layer name depth in the per-layer table")
+    s.add_argument("--plot", metavar="FILE", help="also save the roofline and per-layer charts (.png, .svg or .pdf)")
+    s.add_argument("--trace", metavar="FILE", help="also write the estimated timeline as Chrome trace JSON (Perfetto)")
     sub.add_parser("targets", help="list the preset targets")
     sub.add_parser("passes", help="list the passes and their options")
+    r = sub.add_parser("regress", help="check the pinned regression cases (exit 1 if a figure moved)")
+    r.add_argument("--dir", default=None, help="directory holding cases.toml and expected/ (default: examples/regressions)")
+    r.add_argument("--case", action="append", default=None, help="only this case (repeatable)")
+    r.add_argument("--update", action="store_true", help="rewrite the pinned figures with the current ones")
     return p
 
 
@@ -87,18 +94,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}{{{opts}}}\n    {(cls.__doc__ or '').strip().splitlines()[0]}")
         print(f"default pipeline: {explorer.default_pipeline() or '(none)'}")
         return 0
+    if args.command == "regress":
+        from . import regress
+
+        directory = args.dir or regress.DEFAULT_DIR
+        if args.update:
+            for path in regress.update(directory, args.case):
+                print(f"pinned {path}")
+            return 0
+        report = regress.check(directory, args.case)
+        print(report.text())
+        return 0 if report.ok else 1
     prog = _program(args)
     if args.command == "compare":
         targets = [hw_targets.load(t) for t in (args.target or DEFAULT_TARGETS)]
         cmp = explorer.compare(prog, targets, pipelines=_pipelines(args.pipeline), strict=args.strict)
         print(json.dumps(cmp.to_dict(), indent=1) if args.json else cmp.table())
+        if args.plot:
+            from . import plots
+
+            _note(f"plot: {plots.save(plots.compare_plot(cmp), args.plot)}")
         return 0
     if args.command == "show":
-        est = explorer.estimate(prog, hw_targets.load(args.target), pipeline=_pipelines(args.pipeline)[0],
-                                strict=args.strict)
+        target = hw_targets.load(args.target)
+        est = explorer.estimate(prog, target, pipeline=_pipelines(args.pipeline)[0], strict=args.strict)
         print(json.dumps(est.to_dict(), indent=1) if args.json else est.table(top=args.top, layer_depth=args.depth))
+        if args.plot:
+            from . import plots
+
+            _note(f"plot: {plots.save(plots.estimate_overview(est, target), args.plot)}")
+        if args.trace:
+            est.to_chrome_trace(args.trace)
+            _note(f"trace: {args.trace} (open in https://ui.perfetto.dev or chrome://tracing)")
         return 0
     return 2
+
+
+def _note(text: str) -> None:
+    """Side information on stderr, so ``--json`` output on stdout stays parseable."""
+    print(text, file=sys.stderr)
 
 
 def run() -> None:

@@ -223,6 +223,26 @@ class Estimate:
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
 
+    def to_chrome_trace(self, path: str | None = None) -> dict[str, Any]:
+        """The estimated timeline as Trace Event JSON (Perfetto / chrome://tracing), written to ``path`` if given:
+        kernels on a compute stream, collectives / inserted work and copies on their own streams (``explorer/trace.py``).
+        A kernel of a while-loop body is one event lasting all its runs, with the run count in its args."""
+        from .trace import chrome_trace
+
+        return chrome_trace(self, path)
+
+    def plot_roofline(self, target: Any = None):
+        """``plots.roofline``: the kernels against the target's roofline (a matplotlib Figure)."""
+        from .plots import roofline
+
+        return roofline(self, target)
+
+    def plot_layers(self, depth: int | None = 2, top: int = 15):
+        """``plots.layer_breakdown``: time per layer, split by bound (a matplotlib Figure)."""
+        from .plots import layer_breakdown
+
+        return layer_breakdown(self, depth=depth, top=top)
+
     def table(self, top: int = 15, layer_depth: int | None = 2) -> str:
         """Totals, the per-layer breakdown and the top kernels, as text tables."""
         s = self.summary()

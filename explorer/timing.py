@@ -7,7 +7,8 @@ Per kernel: a roofline with efficiency, refined by what the target describes:
   equal peaks but different tile sizes or unit counts differ;
 - vector work at the vector peak, transcendentals at the transcendental rate;
 - memory traffic at the level's bandwidth x efficiency, plus its latency once per kernel;
-- collectives by an alpha-beta model on the scale-up (or scale-out) network;
+- collectives by alpha-beta models of the algorithms a library would pick on the target's topology
+  (ring, torus rings, in-network reduction, tree, hierarchical; ``explorer/collectives.py``);
 - kernel time = max(compute, memory, communication) + launch overhead.
 
 One set of formulas serves two callers: ``estimate`` passes a ``Target`` (Python floats), a
@@ -95,10 +96,24 @@ def _utilisation(g: Gemm, tile, units):
     combination is evaluated once by the scalar function and spread over the variants."""
     if not (_is_array(units) or any(_is_array(t) for t in tile)):
         return matrix_utilisation(g, tuple(tile), units)
-    combos = np.stack(np.broadcast_arrays(*tile, units), axis=1)
-    uniq, inverse = np.unique(combos, axis=0, return_inverse=True)
+    uniq, inverse = _distinct(*tile, units)
     values = np.array([matrix_utilisation(g, (int(a), int(b), int(c)), int(u)) for a, b, c, u in uniq])
-    return values[inverse.reshape(-1)]
+    return values[inverse]
+
+
+_DISTINCT: list[Any] = [(), None]     # the last arrays seen (kept alive, compared by identity) and their result
+
+
+def _distinct(*arrays) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of the columns ``arrays`` and each variant's row index (one-entry cache: every
+    GEMM of a sweep asks about the same tile / unit-count arrays)."""
+    seen, result = _DISTINCT
+    if len(seen) == len(arrays) and all(a is b for a, b in zip(seen, arrays)):
+        return result
+    combos = np.stack(np.broadcast_arrays(*arrays), axis=1)
+    uniq, inverse = np.unique(combos, axis=0, return_inverse=True)
+    _DISTINCT[:] = [arrays, (uniq, inverse.reshape(-1))]
+    return _DISTINCT[1]
 
 
 def matrix_seconds(target, w: Work) -> float:
@@ -122,24 +137,10 @@ def vector_seconds(target, w: Work) -> float:
 
 
 def collective_seconds(target, w: Work) -> float:
-    """Alpha-beta time of one collective on the network its group fits in (ring algorithms)."""
-    n = max(1, w.group_size)
-    if not w.collective or n == 1:
-        return 0.0
-    up, out = target.scale_up, target.scale_out
-    in_domain = n <= up.domain_size
-    bw = _where(in_domain, up.chip_bandwidth_bytes_per_s * up.efficiency, out.chip_bandwidth_bytes_per_s * out.efficiency)
-    alpha = _where(in_domain, up.latency_s, out.latency_s)
-    size = w.collective_bytes
-    if w.collective == "all_reduce":
-        return 2 * (n - 1) * alpha + 2 * (n - 1) / n * size / bw          # reduce-scatter + all-gather rings
-    if w.collective in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (n - 1) * alpha + (n - 1) / n * size / bw
-    if w.collective == "collective_permute":
-        link = _where(in_domain, up.link_bandwidth_bytes_per_s * up.efficiency,
-                      out.link_bandwidth_bytes_per_s * out.efficiency)
-        return alpha + size / link
-    return (n - 1) * alpha + size / bw
+    """Time of one collective on the topology its group rides (algorithm choice in ``explorer/collectives.py``)."""
+    from .collectives import collective_seconds as on_topology
+
+    return on_topology(target, w)
 
 
 def kernel_time(target, works: Iterable[Work], traffic: Mapping[str, float], *, launches: bool = True) -> KernelTime:

@@ -128,6 +128,11 @@ class Fuse:
         return [Fuse(strategy=s, matmul_epilogue=self.matmul_epilogue, multi_output=self.multi_output)
                 for s in ("none", "xla", "aggressive")]
 
+    def reads_knobs(self) -> frozenset[str]:
+        """The target knobs this pass's decisions read (patterns as ``explorer.sweep.knob_matches`` takes them):
+        only ``aggressive`` reads the target, to spill against the on-chip level's capacity."""
+        return frozenset({"memory.*.capacity_bytes"}) if self.strategy == "aggressive" else frozenset()
+
     def candidates(self, program, target=None) -> list[Edge]:
         """Every producer->consumer edge this strategy fuses (the decisions one can forbid)."""
         return sorted(self._fuse(program, target)[1])

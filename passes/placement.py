@@ -112,6 +112,13 @@ class Place:
     def alternatives(self) -> list["Place"]:
         return [Place(policy=p, offload=self.offload, level=self.level, force=self.force) for p in ("hbm", "greedy", "ilp")]
 
+    def reads_knobs(self) -> frozenset[str]:
+        """The target knobs this pass's decisions read (patterns as ``explorer.sweep.knob_matches`` takes them):
+        ``hbm`` without offload reads none; otherwise the levels' capacities, bandwidths and latencies."""
+        if self.policy == "hbm" and self.offload == "none":
+            return frozenset()
+        return frozenset({"memory.", "efficiency.memory"})
+
     def run(self, program, plan: Plan, target) -> Plan:
         kernels = kernel_order(program, plan)
         spans, traffic = intervals(program, kernels)
