@@ -36,6 +36,8 @@ class Work:
     gemm: Gemm | None = None       # matrix-unit job shape, for tile / wave efficiency
     collective: str = ""           # "all_reduce", "all_gather", ... when this is a collective
     group_size: int = 1            # devices taking part in the collective
+    group_stride: int = 1          # device-number distance between group neighbours (which network the group rides)
+    job_devices: int = 0           # devices in the whole job (lays the group out on a torus slice); 0: size x stride
     launches_kernel: bool = True   # False for views a compiler never materialises (reshape, constant, tuple)
 
     @property
