@@ -41,16 +41,13 @@ class TensorType:
 
     shape: tuple[int, ...]
     dtype: str
+    elements: int = field(init=False, repr=False, compare=False)   # derived once: read in every hot loop
+    nbytes: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def elements(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        if self.dtype in ("token", "opaque"):
-            return 0
-        return self.elements * dtype_bytes(self.dtype)
+    def __post_init__(self) -> None:
+        n = math.prod(self.shape)
+        object.__setattr__(self, "elements", n)
+        object.__setattr__(self, "nbytes", 0 if self.dtype in ("token", "opaque") else n * dtype_bytes(self.dtype))
 
     def __str__(self) -> str:
         return f"{'x'.join(map(str, self.shape))}{'x' if self.shape else ''}{self.dtype}"
