@@ -8,23 +8,24 @@ model, cores, jax/jaxlib versions, XLA flags) and are cached on disk with their 
 (``explorer.calibration`` and ``fit_measurements`` here), tested on synthetic timings.
 
 Timing method: the jitted function is called back to back and the batch is synchronised once,
-so a sample is the steady-state time per call (what a training loop sees); median of samples.
+so a sample is the steady-state time per call (what a training loop sees); median of samples
+taken while no other process is busy; malloc held steady (``steady_allocator``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-FORMAT_VERSION = 1
+from .host_timing import Canary, Timing, measure_call, steady_allocator  # noqa: F401 (also the public names here)
+
+FORMAT_VERSION = 2   # raw-sample layout: a new layout measures again
 WAIT_BUDGET_S = 25.0   # total time the microbenchmarks may wait for other processes to go quiet
 WATTS_PER_CORE = 4.0   # assumption: a server core's share of its socket's TDP (e.g. ~360 W / 96 cores)
 
@@ -34,9 +35,15 @@ GEMM_SHAPES_FP32: tuple[tuple[int, int, int, int], ...] = (
     (1, 128, 128, 128), (1, 256, 256, 256), (1, 512, 512, 512), (1, 1024, 1024, 1024),
     (1, 8, 1024, 1024), (1, 32, 1024, 1024), (1, 1024, 32, 1024), (1, 1024, 1024, 32), (1, 4096, 64, 64),
     (1, 2048, 256, 256), (1, 256, 256, 2048), (1, 128, 512, 2048), (1, 512, 128, 64),
-    (16, 128, 128, 64), (16, 128, 64, 128),
+    (16, 128, 128, 64), (16, 128, 64, 128), (1, 2, 512, 512), (1, 16, 512, 512),
 )
-GEMM_SHAPES_OTHER: tuple[tuple[int, int, int, int], ...] = ((1, 256, 256, 256), (1, 512, 512, 512), (1, 1024, 1024, 1024))
+GEMM_SHAPES_OTHER: tuple[tuple[int, int, int, int], ...] = (
+    (1, 256, 256, 256), (1, 512, 512, 512), (1, 1024, 1024, 1024), (1, 2, 512, 512))
+# Convolutions (batch, input height = width, in channels, out channels, window, stride), NHWC with
+# SAME padding as models use (XLA:CPU runs some VALID convolutions through a several-times slower
+# path). They take a different library path than dots, and the one matrix rate must serve both.
+CONV_SHAPES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (8, 64, 16, 32, 3, 1), (4, 32, 32, 32, 3, 1), (8, 32, 128, 128, 3, 1), (4, 32, 3, 16, 7, 2))
 
 
 # -- identity and cache ----------------------------------------------------------------------
@@ -77,6 +84,15 @@ def host(remeasure: bool = False, *, cache_dir: str | Path | None = None,
 
     **Returns** a ``hw_targets.Target`` named ``host`` (kind ``cpu``).
     """
+    record = measurements(remeasure, cache_dir=cache_dir, measure=measure, ident=ident, progress=progress)
+    return build_target(record["identity"], fit_measurements(record["raw"]), measured_at=record["measured_at"])
+
+
+def measurements(remeasure: bool = False, *, cache_dir: str | Path | None = None,
+                 measure: Callable[[Callable[[str], None]], dict] | None = None,
+                 ident: Mapping[str, Any] | None = None, progress: bool = True) -> dict:
+    """The cached record ``{"identity", "measured_at", "raw"}`` for this machine, measured if absent
+    (or if ``remeasure``). Same arguments as ``host``."""
     ident = dict(ident if ident is not None else identity())
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{identity_key(ident)}.json"
@@ -91,7 +107,7 @@ def host(remeasure: bool = False, *, cache_dir: str | Path | None = None,
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
         tmp.replace(path)
-    return build_target(ident, fit_measurements(record["raw"]), measured_at=record.get("measured_at", ""))
+    return record
 
 
 def _read(path: Path, ident: Mapping[str, Any]) -> dict | None:
@@ -107,92 +123,13 @@ def _stderr(msg: str) -> None:
 
 
 # -- the microbenchmarks -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Timing:
-    seconds: float          # median steady-state seconds per call over the kept samples
-    other_cores: float      # CPU (in cores) other processes used while the kept samples ran
-    quiet: bool             # the kept samples all ran while the machine was otherwise quiet
-
-
-def measure_call(fn: Callable, args: tuple, sample_s: float = 0.02, samples: int = 9, window: int = 3,
-                 quiet_cores: float = 0.15, max_wait_s: float = 8.0) -> Timing:
-    """Median steady-state seconds per call of ``fn`` (compiled and warmed up first).
-
-    Why the load check: the machine may be shared, and a sample taken while another process
-    holds a core measures that process too. Samples come in windows of ``window``; a window is
-    kept only if other processes used at most ``quiet_cores`` cores during it. After
-    ``max_wait_s`` without enough quiet windows, the least loaded windows are used and the
-    result says so (``quiet=False``)."""
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    once = max(time.perf_counter() - t0, 1e-7)
-    inner = max(1, int(sample_s / once))
-    kept: list[float] = []
-    loaded: list[tuple[float, list[float]]] = []
-    deadline = time.perf_counter() + max_wait_s + 2 * samples * max(sample_s, once)
-    while len(kept) < samples:
-        meter = _LoadMeter()
-        batch = []
-        for _ in range(window):
-            t0 = time.perf_counter()
-            out = None
-            for _ in range(inner):
-                out = fn(*args)
-            jax.block_until_ready(out)
-            batch.append((time.perf_counter() - t0) / inner)
-        other = meter.other_cores()
-        if other <= quiet_cores:
-            kept.extend(batch)
-        else:
-            loaded.append((other, batch))
-        if time.perf_counter() > deadline:
-            break
-    if len(kept) >= window:
-        return Timing(statistics.median(kept), 0.0, True)
-    loaded.sort(key=lambda w: w[0])
-    use = loaded[:max(1, samples // window)]
-    pooled = kept + [t for _, b in use for t in b]
-    return Timing(statistics.median(pooled), statistics.fmean(o for o, _ in use), False)
-
-
-def time_call(fn: Callable, args: tuple, **kw) -> float:
-    return measure_call(fn, args, **kw).seconds
-
-
-class _LoadMeter:
-    """CPU time other processes used since construction, from /proc/stat minus this process (Linux)."""
-
-    def __init__(self) -> None:
-        self.t0, self.all0, self.own0 = time.perf_counter(), *_jiffies()
-
-    def other_cores(self) -> float:
-        all1, own1 = _jiffies()
-        elapsed = max(time.perf_counter() - self.t0, 1e-3)
-        if all1 < 0:
-            return 0.0
-        return max(0.0, ((all1 - self.all0) - (own1 - self.own0)) / _HZ / elapsed)
-
-
-_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _jiffies() -> tuple[int, int]:
-    """(busy jiffies of all CPUs, jiffies of this process); (-1, -1) where /proc is missing."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:9]]
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return sum(vals) - vals[3] - vals[4], int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, IndexError):
-        return -1, -1
-
-
 def measure_host(say: Callable[[str], None] = _stderr) -> dict:
-    """Run the microbenchmarks through JAX on this CPU; returns raw samples (JSON-ready)."""
+    """Run the microbenchmarks through JAX on this CPU (allocator held steady); returns raw samples."""
+    with steady_allocator():
+        return _measure_host(say)
+
+
+def _measure_host(say: Callable[[str], None]) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -200,20 +137,36 @@ def measure_host(say: Callable[[str], None] = _stderr) -> dict:
                            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
                            "loaded_samples": 0}
     wait_until = time.perf_counter() + WAIT_BUDGET_S
+    canary = Canary()
 
     def time_call(fn: Callable, args: tuple) -> float:
         # waiting for a quiet machine is shared out of one budget, so the whole run stays near a minute
-        t = measure_call(fn, args, max_wait_s=max(0.0, wait_until - time.perf_counter()))
+        t = measure_call(fn, args, max_wait_s=max(0.0, wait_until - time.perf_counter()), canary=canary)
         raw["loaded_samples"] += 0 if t.quiet else 1
         return t.seconds
 
     steps = 8
-    say(f"host: measuring {raw['cores']}-core CPU through JAX (1/{steps}: call overhead)")
+    say(f"host: measuring {raw['cores']}-core CPU through JAX (1/{steps}: call and dispatch overhead)")
     raw["call_s"] = time_call(jax.jit(lambda x: x + 1.0), (jnp.ones((8,), jnp.float32),))
 
-    say(f"host: 2/{steps}: per-kernel overhead (chains of tiny dots)")
+    # JAX's per-call cost grows with the arrays passed in and out (it is not device time)
+    raw["dispatch"] = []
+    for n_arrays in (1, 16, 64):
+        xs = tuple(jnp.full((4,), float(i), jnp.float32) for i in range(n_arrays))
+        raw["dispatch"].append([2 * n_arrays, time_call(jax.jit(lambda *a: [x + 1.0 for x in a]), xs)])
+
+    say(f"host: 2/{steps}: per-kernel overhead (chains of tiny dots; chains of row-norm kernels, 16 KiB-1 MiB)")
     x8 = jnp.full((8, 8), 0.1, jnp.float32)
     raw["kernel_chain"] = [[k, time_call(jax.jit(_dot_chain(k)), (x8, x8))] for k in (1, 32, 128)]
+    # kernels of the sizes programs run: XLA:CPU splits these loops over its thread pool, which costs more
+    # per kernel than a tiny single-task kernel; [elements, steps, kernels, seconds] for two chain lengths each
+    raw["kernel_sequence"] = []
+    for n in (1 << 12, 1 << 14, 1 << 16, 1 << 18):
+        x = jnp.linspace(0.0, 1.0, n, dtype=jnp.float32).reshape(-1, 256)
+        for steps_ in (4, 16):
+            fn = jax.jit(_row_norm_chain(steps_))
+            kernels = _kernel_count(fn.lower(x).compile().as_text())
+            raw["kernel_sequence"].append([n, steps_, kernels, time_call(fn, (x,))])
 
     say(f"host: 3/{steps}: streaming bandwidth (copy-scale, add, triad, row sums; 1-24 MiB buffers)")
     raw["stream"] = []
@@ -233,17 +186,16 @@ def measure_host(say: Callable[[str], None] = _stderr) -> dict:
         a = jnp.ones((n,), jnp.float32)
         raw["levels"][cache["name"]] = [4 * n, time_call(jax.jit(lambda u: jnp.sum(u.reshape(-1, 256), axis=1)), (a,))]
 
-    say(f"host: 5/{steps}: vector throughput (fused multiply-add chains, in cache)")
+    say(f"host: 5/{steps}: vector throughput (independent multiply-adds per element, in cache)")
     n = 1 << 17
     raw["vector"] = {}
-    for name, dt, lengths in (("fp32", jnp.float32, (8, 24, 40)), ("bf16", jnp.bfloat16, (4, 12, 20)),
-                              ("fp16", jnp.float16, (4, 12, 20))):
+    for name, dt in (("fp32", jnp.float32), ("bf16", jnp.bfloat16), ("fp16", jnp.float16)):
         v = jnp.linspace(0.1, 0.9, n).astype(dt)
-        raw["vector"][name] = [[2.0 * n * k, time_call(jax.jit(_fma_chain(k)), (v,))] for k in lengths]
+        raw["vector"][name] = [[float(n * (3 * k - 1)), time_call(jax.jit(_fma_terms(k)), (v,))] for k in (2, 8, 16)]
 
-    say(f"host: 6/{steps}: transcendental throughput (tanh/exp/logistic/log1p chains)")
+    say(f"host: 6/{steps}: transcendental throughput (independent tanh/exp/logistic/log per element)")
     v = jnp.linspace(0.1, 0.9, n).astype(jnp.float32)
-    raw["transcendental"] = [[float(n * k), time_call(jax.jit(_transcendental_chain(k)), (v,))] for k in (4, 12, 20)]
+    raw["transcendental"] = [[float(n * k), time_call(jax.jit(_transcendental_terms(k)), (v,))] for k in (1, 4, 8)]
 
     raw["gemm"] = {}
     plans = [("fp32", jnp.float32, None, GEMM_SHAPES_FP32), ("bf16", jnp.bfloat16, None, GEMM_SHAPES_OTHER),
@@ -258,6 +210,14 @@ def measure_host(say: Callable[[str], None] = _stderr) -> dict:
             fn = jax.jit(lambda p, q: jnp.matmul(p, q, preferred_element_type=out_dt))
             rows.append([batch, m, nn, k, time_call(fn, (lhs, rhs))])
         raw["gemm"][name] = rows
+    say(f"host: 8/{steps}: convolutions fp32 ({len(CONV_SHAPES)} shapes)")
+    raw["conv"] = []
+    for batch, size, cin, cout, window, stride in CONV_SHAPES:
+        x = jnp.ones((batch, size, size, cin), jnp.float32)
+        w = jnp.full((window, window, cin, cout), 0.01, jnp.float32)
+        fn = jax.jit(lambda p, q, s=stride: jax.lax.conv_general_dilated(
+            p, q, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        raw["conv"].append([batch, size, cin, cout, window, stride, time_call(fn, (x, w))])
     if raw["loaded_samples"]:
         say(f"host: {raw['loaded_samples']} microbenchmarks ran while other processes were busy (noisier figures)")
     return raw
@@ -271,24 +231,64 @@ def _dot_chain(k: int) -> Callable:
     return f
 
 
-def _fma_chain(k: int) -> Callable:
-    def f(v):
+def _row_norm_chain(k: int) -> Callable:
+    """k steps of x <- x/2 - mean(x, rows)/4: per step a row reduction and an elementwise kernel,
+    the shape of the norm / residual kernels of real programs (bytes: ``_row_norm_bytes``)."""
+    import jax.numpy as jnp
+
+    def f(x):
         for _ in range(k):
-            v = v * 0.75 + 0.25    # 2 flops per element; exact in bf16/fp16, so no multiply by 1 is folded away
-        return v
+            x = x * 0.5 - jnp.mean(x, axis=-1, keepdims=True) * 0.25
+        return x
     return f
 
 
-def _transcendental_chain(k: int) -> Callable:
+def _row_norm_bytes(n: int) -> float:
+    """Bytes one step of ``_row_norm_chain`` moves over n f32 elements in rows of 256: the reduction reads
+    x and writes the row means; the elementwise kernel reads x and the means and writes x."""
+    rows = n // 256
+    return 4.0 * (n + rows) + 4.0 * (n + rows + n)
+
+
+def _kernel_count(hlo_text: str) -> int:
+    """Kernels in the ENTRY computation of XLA's compiled HLO (everything but parameters, constants,
+    tuples and bitcasts)."""
+    entry = hlo_text[hlo_text.index("\nENTRY"):]
+    entry = entry[:entry.index("\n}")]
+    skip = ("parameter(", "constant(", "tuple(", "get-tuple-element(", "bitcast(")
+    count = 0
+    for line in entry.splitlines()[1:]:
+        if " = " in line:
+            op = line.split(" = ", 1)[1].split(" ", 1)[1] if " " in line.split(" = ", 1)[1] else ""
+            count += not op.startswith(skip)
+    return count
+
+
+def _fma_terms(k: int) -> Callable:
+    """k independent multiply-adds per element, summed: 3k - 1 flops (independent, so the loop is
+    limited by throughput, as in real fusions, not by one long dependency chain)."""
+    def f(v):
+        acc = v * 0.5 + 0.25
+        for i in range(1, k):
+            acc = acc + (v * (0.5 + 0.01 * i) + 0.25)
+        return acc
+    return f
+
+
+def _transcendental_terms(k: int) -> Callable:
+    """k independent transcendentals per element, summed: k transcendentals and 2(k - 1) flops per
+    element. The mix is the one ML programs spend their transcendental time in: exp (softmax),
+    tanh (GELU), logistic (SiLU, sigmoid), log (cross-entropy)."""
     import jax
     import jax.numpy as jnp
 
-    cycle = (jnp.tanh, jnp.exp, jax.nn.sigmoid, jnp.log1p)   # stays in (0, 2.2): no inf/nan slow paths
+    cycle = (jnp.tanh, jnp.exp, jax.nn.sigmoid, jnp.log)
 
     def f(v):
-        for i in range(k):
-            v = cycle[i % len(cycle)](v)
-        return v
+        acc = cycle[0](v)
+        for i in range(1, k):
+            acc = acc + cycle[i % len(cycle)](v * (1.0 - 0.01 * i))
+        return acc
     return f
 
 
@@ -358,12 +358,22 @@ def _clock_hz() -> float:
 
 
 # -- fitting (pure) and the Target -------------------------------------------------------------
+def dispatch_seconds(fit: "HostFit", arrays: int) -> float:
+    """JAX's host-side cost of one call passing ``arrays`` arrays in and out (not device time: a
+    program shorter than this is bound by dispatch, whatever the device does)."""
+    return fit.dispatch_base_s + fit.dispatch_per_array_s * arrays
+
+
+
 @dataclass(frozen=True)
 class HostFit:
     """What the microbenchmarks say, in the cost model's terms."""
 
     call_s: float                          # one jitted call of a one-kernel program (dispatch + sync floor)
-    launch_overhead_s: float               # each further kernel
+    dispatch_base_s: float                 # JAX's per-call dispatch cost: base + per array passed in or out
+    dispatch_per_array_s: float
+    launch_overhead_s: float               # each kernel of a realistic size (its fixed cost in a sequence)
+    tiny_kernel_overhead_s: float          # each kernel too small for XLA:CPU to split over threads
     stream_bytes_per_s: float              # XLA's streaming loops over buffers of 1-24 MiB
     level_bytes_per_s: Mapping[str, float]  # row sums at half of each cache level's capacity
     vector_flops_per_s: Mapping[str, float]
@@ -380,50 +390,90 @@ class HostFit:
 def fit_measurements(raw: Mapping[str, Any]) -> HostFit:
     """Raw microbenchmark samples -> rates, overheads and the GEMM tile (pure arithmetic)."""
     from explorer import calibration as cal
-    from explorer.costs import Gemm
 
     cores = int(raw["cores"])
     call_s = float(raw["call_s"])
-    per_kernel, _ = cal.fit_kernel_overhead([k for k, _ in raw["kernel_chain"]], [t for _, t in raw["kernel_chain"]])
+    dispatch = cal.fit_line([float(n) for n, _ in raw["dispatch"]], [t for _, t in raw["dispatch"]])
+    tiny_kernel, _ = cal.fit_kernel_overhead([k for k, _ in raw["kernel_chain"]], [t for _, t in raw["kernel_chain"]])
+    per_kernel = fit_kernel_sequence(raw.get("kernel_sequence", []), tiny_kernel)
     stream_bw, stream_fixed = cal.fit_rate([b for _, b, _ in raw["stream"]], [t for _, _, t in raw["stream"]])
     levels = {name: nbytes / max(t - stream_fixed, 1e-9) for name, (nbytes, t) in raw["levels"].items()}
     vector = {d: cal.fit_rate([f for f, _ in rows], [t for _, t in rows])[0] for d, rows in raw["vector"].items()}
-    trans, _ = cal.fit_rate([n for n, _ in raw["transcendental"]], [t for _, t in raw["transcendental"]])
+    per_elem, _ = cal.fit_rate([n for n, _ in raw["transcendental"]], [t for _, t in raw["transcendental"]])
+    # each transcendental term also costs 2 flops (a multiply and an add) at the fp32 vector rate
+    trans = 1.0 / max(1.0 / per_elem - 2.0 / vector["fp32"], 0.05 / per_elem)
 
-    def samples(rows):
-        # the call's fixed cost (dispatch, one kernel's overhead) is measured apart: keep the GEMM's own time
-        out = []
-        for batch, m, n, k, t in rows:
-            g = Gemm(batch=batch, m=m, n=n, k=k)
-            out.append(cal.GemmSample(gemm=g, seconds=max(t - call_s, 0.05 * t), nbytes=0.0))
-        return out
-
+    # the call's fixed cost (dispatch, one tiny kernel) is measured apart: each sample keeps the matrix op's own time
     gemm = raw["gemm"]
-    base = cal.fit_gemm(_with_bytes(samples(gemm["fp32"]), 4, 4), units=cores, bytes_per_s=stream_bw)
+    convs = [_conv_sample(row, call_s) for row in raw.get("conv", [])]
+    base = cal.fit_gemm(_gemm_samples(gemm["fp32"], call_s, 4, 4) + convs, units=cores, bytes_per_s=stream_bw)
     rates, errors = {"fp32": base.flops_per_s}, {"fp32": base.rms_log_error}
-    sizes = {"bf16": (2, 2), "fp16": (2, 2), "int8": (1, 4), "fp8": (1, 4)}
+    item_bytes = {"bf16": (2, 2), "fp16": (2, 2), "int8": (1, 4), "fp8": (1, 4)}   # (operands, result)
     for d, rows in gemm.items():
         if d == "fp32" or not rows:
             continue
-        fit = cal.fit_gemm(_with_bytes(samples(rows), *sizes[d]), units=cores, tiles=[base.tile], bytes_per_s=stream_bw)
+        fit = cal.fit_gemm(_gemm_samples(rows, call_s, *item_bytes[d]), units=cores, tiles=[base.tile],
+                           bytes_per_s=stream_bw)
         rates[d], errors[d] = fit.flops_per_s, fit.rms_log_error
     rates["tf32"] = rates["fp32"]   # a CPU has no TF32 units: f32 at default precision runs as f32
     return HostFit(
-        call_s=call_s, launch_overhead_s=per_kernel, stream_bytes_per_s=stream_bw, level_bytes_per_s=levels,
+        call_s=call_s, dispatch_base_s=max(0.0, dispatch.intercept), dispatch_per_array_s=max(0.0, dispatch.slope),
+        launch_overhead_s=per_kernel, tiny_kernel_overhead_s=tiny_kernel, stream_bytes_per_s=stream_bw, level_bytes_per_s=levels,
         vector_flops_per_s=vector, transcendental_per_s=trans, matrix_flops_per_s=rates, matrix_tile=base.tile,
         gemm_rms_log_error=errors, cores=cores, caches=tuple(raw["caches"]), memory_bytes=float(raw["memory_bytes"]),
         clock_hz=float(raw.get("clock_hz") or 0.0))
 
 
-def _with_bytes(samples, in_bytes: int, out_bytes: int):
-    """Attach each GEMM's operand + result bytes (the memory side of the cost model's roofline)."""
-    from dataclasses import replace
+def _conv_sample(row, call_s: float):
+    """A SAME-padded NHWC convolution as the cost rule sees it: implicit-im2col GEMM shape, flops of
+    the taps that land on real input, f32 input + filter + output bytes."""
+    from explorer.calibration import GemmSample
+    from explorer.costs import Gemm
+    from explorer.costs.rules.linalg import _valid_taps
+
+    batch, size, cin, cout, window, stride, t = row
+    out = -(-size // stride)
+    pad_lo = max((out - 1) * stride + window - size, 0) // 2
+    taps = _valid_taps(size, out, window, stride, pad_lo, 1, 1)
+    g = Gemm(batch=1, m=batch * out * out, n=cout, k=cin * window * window)
+    nbytes = 4.0 * (batch * size * size * cin + window * window * cin * cout + batch * out * out * cout)
+    return GemmSample(gemm=g, seconds=max(t - call_s, 0.05 * t), nbytes=nbytes,
+                      flops=2.0 * batch * cout * cin * taps * taps)
+
+
+def fit_kernel_sequence(rows, floor_s: float) -> float:
+    """Fixed seconds per kernel in chains of dependent, realistically sized kernels.
+
+    Per size, the per-kernel time is the difference between a long and a short chain over their kernel
+    counts (the call's own cost cancels); a Theil-Sen line through (bytes per kernel, seconds per kernel)
+    over the sizes gives the fixed part as its intercept, never below ``floor_s`` (a tiny kernel's cost)."""
+    from explorer.calibration import fit_line
+
+    by_n: dict[int, list[tuple[int, float]]] = {}
+    for n, _steps, kernels, seconds in rows:
+        by_n.setdefault(int(n), []).append((int(kernels), float(seconds)))
+    xs, ys = [], []
+    for n, pts in sorted(by_n.items()):
+        (k0, t0), (k1, t1) = min(pts), max(pts)
+        if k1 > k0:
+            xs.append(_row_norm_bytes(n) / 2.0)          # two kernels per step
+            ys.append((t1 - t0) / (k1 - k0))
+    if len(xs) < 2:
+        return floor_s
+    return max(floor_s, fit_line(xs, ys).intercept)
+
+
+def _gemm_samples(rows, call_s: float, in_bytes: int, out_bytes: int) -> list:
+    """(batch, m, n, k, seconds) rows -> GemmSamples with the call's fixed cost removed and each GEMM's
+    operand + result bytes attached (the memory side of the cost model's roofline)."""
+    from explorer.calibration import GemmSample
+    from explorer.costs import Gemm
 
     out = []
-    for s in samples:
-        g = s.gemm
-        nbytes = g.batch * ((g.m * g.k + g.k * g.n) * in_bytes + g.m * g.n * out_bytes)
-        out.append(replace(s, nbytes=float(nbytes)))
+    for batch, m, n, k, t in rows:
+        nbytes = batch * ((m * k + k * n) * in_bytes + m * n * out_bytes)
+        out.append(GemmSample(gemm=Gemm(batch=batch, m=m, n=n, k=k), seconds=max(t - call_s, 0.05 * t),
+                              nbytes=float(nbytes)))
     return out
 
 
