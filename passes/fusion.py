@@ -161,8 +161,8 @@ class Fuse:
             for r in graph.ops[o].results:
                 if r in graph.escaping or r in graph.outputs:
                     ext.add(-1)
-                for u in _real_users(graph, users, r):
-                    ext.add(u if u in in_group else -1)
+                for u in _kernel_users(graph, users, r, in_group, cls):
+                    ext.add(u)
             ext.discard(o)
             external[o] = ext
         groups = _Groups(kernel_ops, cls, external)
@@ -220,9 +220,63 @@ class Fuse:
             if p in in_group and c in in_group and groups.find(p) != groups.find(c):
                 groups.union(p, c)
                 made.add((p, c))
+        if self.strategy == "aggressive":
+            _merge_diamonds(graph, groups, in_group, made, users, forbid)
         if self.multi_output:
             _sibling_fusion(program, groups, cls, in_group, made, users)
         return [sorted(m) for m in groups.members.values()], made
+
+
+def _merge_diamonds(graph, groups, in_group, made, users, forbid, rounds: int = 8) -> None:
+    """Aggressive only: merge a group with *all* the groups that read it at once (a reduction whose result
+    and whose input are both read by the same consumers: softmax, layer norm), when no path leaves the
+    merged set and comes back (which would make a cycle)."""
+    for _ in range(rounds):
+        changed = False
+        for root in sorted(groups.members):
+            if root not in groups.members:
+                continue
+            ext = groups.external[root]
+            if not ext or -1 in ext or any(u not in in_group for u in ext):
+                continue
+            readers = {groups.find(u) for u in ext}
+            frames = graph.ops[root].frames
+            if any(graph.ops[r].frames != frames for r in readers):
+                continue
+            if any((p, u) in forbid for p in groups.members[root] for u in ext):
+                continue
+            merged = {o for g in readers | {root} for o in groups.members[g]}
+            if _leaves_and_returns(graph, merged, users, in_group):
+                continue
+            edge_from = min(groups.members[root])
+            for r in sorted(readers):
+                made.add((edge_from, min(groups.members[groups.find(r)])))
+                groups.union(root, r)
+            changed = True
+        if not changed:
+            return
+
+
+def _leaves_and_returns(graph, members: set[int], users, in_group, limit: int = 8192) -> bool:
+    """Whether some path goes from the set through a kernel outside it and back into it. Ops that are not
+    kernels (duplicated broadcasts, views) are transparent: they would be duplicated into the merged kernel."""
+    horizon = max(members)
+    stack = [(u, u in in_group) for o in members for r in graph.ops[o].results for u in users.get(r, ())
+             if u not in members]
+    seen: set[tuple[int, bool]] = set()
+    while stack and len(seen) < limit:
+        o, tainted = stack.pop()
+        if (o, tainted) in seen or o > horizon:
+            continue
+        seen.add((o, tainted))
+        for r in graph.ops[o].results:
+            for u in users.get(r, ()):
+                if u in members:
+                    if tainted:
+                        return True
+                    continue
+                stack.append((u, tainted or u in in_group))
+    return len(seen) >= limit
 
 
 def _producer_through_views(graph, vid: int, cls) -> int | None:
@@ -233,6 +287,49 @@ def _producer_through_views(graph, vid: int, cls) -> int | None:
             return p
         vid = graph.ops[p].operands[0]
     return None
+
+
+def _kernel_users(graph, users, vid: int, in_group, cls) -> set[int]:
+    """The kernels that read a value, looking through views and duplicated generators (broadcasts), which
+    are not kernels; -1 for a reader that is neither (a loop, a program output)."""
+    out, stack, seen = set(), [vid], set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v in graph.outputs or v in graph.escaping:
+            out.add(-1)
+        for u in users.get(v, ()):
+            if u in in_group:
+                out.add(u)
+            elif cls.get(u) in ("view", "generator"):
+                stack.extend(graph.ops[u].results)
+            else:
+                out.add(-1)
+    return out
+
+
+def _readers_through_copies(graph, users, vid: int, kernel_ops) -> set[int]:
+    """Kernel ops reading a value, looking through views and broadcasts that are duplicated into their
+    readers; -1 for a reader that is no kernel (a loop, a program output)."""
+    out, stack, seen = set(), [vid], set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v in graph.outputs or v in graph.escaping:
+            out.add(-1)
+        for u in users.get(v, ()):
+            op = graph.ops[u]
+            if u in kernel_ops:
+                out.add(u)
+            elif op.name in _GENERATORS or op.name in ("stablehlo.reshape", "stablehlo.bitcast_convert"):
+                stack.extend(op.results)
+            else:
+                out.add(-1)
+    return out
 
 
 def _real_users(graph, users, vid: int) -> list[int]:
@@ -358,16 +455,24 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
             w = plan.work(program, o)
             for r in op.results:
                 outside = r in graph.outputs or r in graph.escaping or any(
-                    u not in mset for u in _real_users(graph, users, r))
+                    u not in mset for u in _readers_through_copies(graph, users, r, kernel_ops))
                 if outside:
                     writes.append((r, float(w.bytes_written if op.name in _IN_PLACE_ROOTS else plan.nbytes(program, r))))
                 elif op.name in _MATMUL:
                     intermediates += plan.nbytes(program, r)
         spill_bytes = 0.0
         if spill and target is not None and intermediates:
+            # A matmul chain is computed tile by tile (FlashAttention-style): one output tile of the first matmul
+            # per unit must fit in that unit's share of on-chip memory; beyond that it is written out and read back.
             cap = target.on_chip.capacity_bytes if target.on_chip is not None else 0.0
-            if intermediates > cap:
-                spill_bytes = 2.0 * intermediates   # written out and read back once
+            first = min((o for o in members if graph.ops[o].name in _MATMUL), default=None)
+            g = plan.work(program, first).gemm if first is not None else None
+            tm, tn, _ = target.compute.matrix_tile
+            # online-softmax style: each output tile of the first matmul is consumed as soon as it is made
+            tiles = g.batch * -(-g.m // tm) * -(-g.n // tn) if g is not None else 1
+            per_unit_tile = intermediates / max(1, tiles)
+            if per_unit_tile > cap / target.compute.matrix_units:
+                spill_bytes = 2.0 * intermediates
         kinds = {graph.ops[o].name for o in members}
         kind = "single" if len(members) == 1 else ("output" if kinds & _MATMUL else ("input" if kinds & _REDUCE else "loop"))
         kernels.append(Kernel(ops=tuple(members), reads=tuple(sorted(reads.items())), writes=tuple(writes),

@@ -130,3 +130,21 @@ def test_a_failing_pass_is_named_with_the_passes_before_it(h100):
     prog = explorer.lower(lambda a: a + 1, S((4,), jnp.float32))
     with pytest.raises(pl.PassError, match=r"pass boom failed \(passes run before it: fuse\{strategy=none\}\)"):
         pl.run([Fuse(strategy="none"), Boom()], prog, h100)
+
+
+def test_aggressive_makes_causal_attention_one_kernel_that_streams_q_k_v_once():
+    # FlashAttention-style: scores, mask, softmax and both matmuls in one kernel; only q, k, v and the
+    # output cross its boundary, and the S x S scores are tiled on chip (no spill) on an H100
+    def attn(q, k, v):
+        s = jnp.einsum("bhqd,bhkd->bhqk", q, k) / 128 ** 0.5
+        mask = jnp.tril(jnp.ones((q.shape[2], k.shape[2]), bool))
+        return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1), v)
+    shape = (4, 8, 1024, 128)
+    prog = explorer.lower(attn, *[S(shape, jnp.bfloat16)] * 3)
+    plan = plan_for(prog, hw_targets.load("h100_sxm"), "fuse{strategy=aggressive}")
+    big = [k for k in plan.kernels if k.bytes_moved > 1e6]
+    assert len(big) == 1
+    tensor = 4 * 8 * 1024 * 128 * 2
+    assert big[0].bytes_in == 3 * tensor and big[0].bytes_out == tensor and big[0].spill_bytes == 0
+    xla = plan_for(prog, hw_targets.load("h100_sxm"), "fuse{strategy=xla}")
+    assert sum(k.bytes_moved for k in xla.kernels) > 4 * tensor * 4      # the scores go through memory
