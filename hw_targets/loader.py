@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .target import Compute, Efficiency, FrozenMap, MemoryLevel, Network, Target, TargetError
+from .target import Compute, Efficiency, FrozenMap, MemoryLevel, Network, Target, TargetError, checked_number
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -64,13 +64,7 @@ def _check_keys(where: str, prefix: str, data: Any, schema: dict[str, bool]) -> 
 
 
 def _num(where: str, field: str, value: Any, integer: bool = False) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TargetError(f"{where}: field {field!r} must be a number, got {value!r}")
-    if integer:
-        if float(value) != int(value):
-            raise TargetError(f"{where}: field {field!r} must be an integer, got {value!r}")
-        return int(value)
-    return float(value)
+    return checked_number(value, f"{where}: field {field!r}", integer)
 
 
 def _str(where: str, field: str, value: Any) -> str:

@@ -203,14 +203,19 @@ class Target:
 _INT_FIELDS = {"matrix_units", "domain_size", "links_per_chip"}
 
 
-def _as_number(value: Any, name: str, owner: str, integer: bool) -> float | int:
+def checked_number(value: Any, subject: str, integer: bool = False) -> float | int:
+    """``value`` as a float (or int), or a TargetError "<subject> must be a number / an integer, got ..."."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TargetError(f"{owner}: knob {name!r} must be a number, got {value!r}")
+        raise TargetError(f"{subject} must be a number, got {value!r}")
     if integer:
         if float(value) != int(value):
-            raise TargetError(f"{owner}: knob {name!r} must be an integer, got {value!r}")
+            raise TargetError(f"{subject} must be an integer, got {value!r}")
         return int(value)
     return float(value)
+
+
+def _as_number(value: Any, name: str, owner: str, integer: bool) -> float | int:
+    return checked_number(value, f"{owner}: knob {name!r}", integer)
 
 
 def _set(t: Target, path: list[str], value: Any, owner: str) -> Target:

@@ -161,8 +161,8 @@ class Fuse:
             for r in graph.ops[o].results:
                 if r in graph.escaping or r in graph.outputs:
                     ext.add(-1)
-                for u in _kernel_users(graph, users, r, in_group, cls):
-                    ext.add(u)
+                ext |= _kernel_readers(graph, users, r, in_group.__contains__,
+                                       lambda u: cls.get(u) in ("view", "generator"))
             ext.discard(o)
             external[o] = ext
         groups = _Groups(kernel_ops, cls, external)
@@ -289,9 +289,9 @@ def _producer_through_views(graph, vid: int, cls) -> int | None:
     return None
 
 
-def _kernel_users(graph, users, vid: int, in_group, cls) -> set[int]:
-    """The kernels that read a value, looking through views and duplicated generators (broadcasts), which
-    are not kernels; -1 for a reader that is neither (a loop, a program output)."""
+def _kernel_readers(graph, users, vid: int, is_kernel, is_transparent) -> set[int]:
+    """The kernels that read a value, looking through readers that are no kernel of their own (views,
+    broadcasts duplicated into their readers); -1 for a reader that is neither (a loop, a program output)."""
     out, stack, seen = set(), [vid], set()
     while stack:
         v = stack.pop()
@@ -301,32 +301,10 @@ def _kernel_users(graph, users, vid: int, in_group, cls) -> set[int]:
         if v in graph.outputs or v in graph.escaping:
             out.add(-1)
         for u in users.get(v, ()):
-            if u in in_group:
+            if is_kernel(u):
                 out.add(u)
-            elif cls.get(u) in ("view", "generator"):
+            elif is_transparent(u):
                 stack.extend(graph.ops[u].results)
-            else:
-                out.add(-1)
-    return out
-
-
-def _readers_through_copies(graph, users, vid: int, kernel_ops) -> set[int]:
-    """Kernel ops reading a value, looking through views and broadcasts that are duplicated into their
-    readers; -1 for a reader that is no kernel (a loop, a program output)."""
-    out, stack, seen = set(), [vid], set()
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        if v in graph.outputs or v in graph.escaping:
-            out.add(-1)
-        for u in users.get(v, ()):
-            op = graph.ops[u]
-            if u in kernel_ops:
-                out.add(u)
-            elif op.name in _GENERATORS or op.name in ("stablehlo.reshape", "stablehlo.bitcast_convert"):
-                stack.extend(op.results)
             else:
                 out.add(-1)
     return out
@@ -435,6 +413,8 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
     graph = program.graph
     users = graph.consumers()
     kernel_ops = {o for g in groups for o in g}
+    copies = lambda u: graph.ops[u].name in _GENERATORS or graph.ops[u].name in ("stablehlo.reshape",
+                                                                                   "stablehlo.bitcast_convert")
     kernels = []
     for members in sorted(groups):
         mset = set(members)
@@ -455,7 +435,7 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
             w = plan.work(program, o)
             for r in op.results:
                 outside = r in graph.outputs or r in graph.escaping or any(
-                    u not in mset for u in _readers_through_copies(graph, users, r, kernel_ops))
+                    u not in mset for u in _kernel_readers(graph, users, r, kernel_ops.__contains__, copies))
                 if outside:
                     writes.append((r, float(w.bytes_written if op.name in _IN_PLACE_ROOTS else plan.nbytes(program, r))))
                 elif op.name in _MATMUL:
