@@ -92,9 +92,7 @@ class Estimate:
             body = max(k.compute_s, k.memory_s, k.comm_s)
             if body == 0:
                 continue
-            winner = "communication" if (k.comm_s == body and k.comm_s > 0) else (
-                "compute" if k.compute_s >= k.memory_s else "memory")
-            if winner == which:
+            if timing.body_bound(k.compute_s, k.memory_s, k.comm_s) == which:
                 total += body * k.executions
         return total
 

@@ -110,18 +110,11 @@ def tensor_type(t: Any) -> TensorType:
         shape = tuple(int(d) for d in t.shape)
         if any(d < 0 for d in shape):
             raise ImportError_(f"dynamic shape {t} is not supported: lower with static shapes")
-        return TensorType(shape, _dtype_name(t.element_type))
+        return TensorType(shape, str(t.element_type))
     text = str(t)
     if "token" in text:
         return TensorType((), "token")
     return TensorType((), "opaque")
-
-
-def _dtype_name(et: Any) -> str:
-    s = str(et)
-    if s.startswith("complex<"):
-        return s
-    return s
 
 
 def attr_to_py(name: str, attr: Any) -> Any:

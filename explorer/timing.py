@@ -59,12 +59,16 @@ class KernelTime:
 
     @property
     def bound(self) -> str:
-        body = max(self.compute_s, self.memory_s, self.comm_s)
-        if self.overhead_s >= body:
+        if self.overhead_s >= max(self.compute_s, self.memory_s, self.comm_s):
             return "overhead"
-        if body == self.comm_s and self.comm_s > 0:
-            return "communication"
-        return "compute" if self.compute_s >= self.memory_s else "memory"
+        return body_bound(self.compute_s, self.memory_s, self.comm_s)
+
+
+def body_bound(compute_s: float, memory_s: float, comm_s: float) -> str:
+    """Which of compute, memory and communication sets a kernel's body time (ties go to compute)."""
+    if comm_s > 0 and comm_s == max(compute_s, memory_s, comm_s):
+        return "communication"
+    return "compute" if compute_s >= memory_s else "memory"
 
 
 def bound_codes(compute_s, memory_s, comm_s, overhead_s) -> np.ndarray:

@@ -26,7 +26,9 @@ def build(ops):
 
 programs = st.lists(st.tuples(st.integers(0, len(UNARY) + len(BINARY) - 1), st.integers(0, 20), st.integers(0, 20)),
                     min_size=1, max_size=10)
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples every run, so CI is deterministic (the project's rule); known
+# counterexamples found while exploring are kept below as explicit tests
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +75,17 @@ def test_more_on_chip_capacity_is_never_slower(ops, cap):
     big = target.replace(**{f"memory.{sram}.capacity_bytes": cap * 4})
     for pipe in ("fuse{strategy=xla},place{policy=greedy}", "fuse{strategy=xla},place{policy=ilp}"):
         assert explorer.estimate(prog, big, pipeline=pipe).seconds <= explorer.estimate(prog, small, pipeline=pipe).seconds * (1 + 1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: greedy/ILP placement scores tensors by bandwidth saved only; "
+                   "when HBM gets faster than SRAM it places nothing and loses the SRAM latency gain")
+def test_ten_times_hbm_bandwidth_with_placement_counterexample():
+    # found by hypothesis: 17.85 us with placement at 1x HBM bandwidth, 18.40 us at 10x
+    target = hw_targets.load("h100_sxm")
+    bw = target.knobs()["memory.hbm.bandwidth_bytes_per_s"]
+    prog = explorer.lower(build([(0, 0, 0), (4, 2, 0), (0, 0, 0), (0, 0, 0)]),
+                          S((64, 64), jnp.float32), S((64, 64), jnp.float32))
+    pipe = "fuse{strategy=xla},place{policy=greedy}"
+    base = explorer.estimate(prog, target, pipeline=pipe).seconds
+    faster = explorer.estimate(prog, target.replace(**{"memory.hbm.bandwidth_bytes_per_s": bw * 10}), pipeline=pipe).seconds
+    assert faster <= base * (1 + 1e-12)
