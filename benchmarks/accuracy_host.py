@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import explorer  # noqa: E402
-from explorer.calibration import ape, mdape  # noqa: E402
+from explorer.model.calibration import ape, fit_measurements, mdape  # noqa: E402
 from explorer.model_files import load_module  # noqa: E402
 
 HOST_PIPELINE = "fuse{strategy=xla,matmul_epilogue=false}"
@@ -320,7 +320,7 @@ def main() -> None:
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from hw_targets.host import build_target, fit_measurements, measurements, steady_allocator
+    from hw_targets.host import build_target, measurements, steady_allocator
 
     record = measurements(remeasure=not args.cached)
     fit = fit_measurements(record["raw"])

@@ -14,9 +14,9 @@ import time
 import hw_targets
 
 import explorer
-from explorer import importer
+from explorer.graph import importer
 from explorer.model_files import parse_overrides, program_fn
-from explorer.program import Program
+from explorer.costs import Program
 
 
 def main() -> None:

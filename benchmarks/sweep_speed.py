@@ -16,7 +16,7 @@ import hw_targets
 
 import explorer
 from explorer.model_files import load_program, parse_overrides
-from explorer.sweep import row_of
+from explorer.workflows.sweep import row_of
 
 
 def grid_for(base) -> dict[str, list[float]]:

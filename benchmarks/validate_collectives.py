@@ -1,7 +1,7 @@
-"""Collective model vs measured all-reduce curves (``/work/shared/reference/validation_cases.csv``).
+"""Collective model vs measured all-reduce curves (``../shared/reference/validation_cases.csv``).
 
 For every ``collective`` row: the predicted time of the collective on the matching preset (the
-algorithm ``explorer.collectives`` picks), converted to the metric the source reported, next to the
+algorithm ``explorer.model.collectives`` picks), converted to the metric the source reported, next to the
 measurement, with the relative error per case, then the mean absolute error per hardware.
 
 Conventions (reference README caveats 3 and 8):
@@ -17,21 +17,23 @@ point; every other row is a prediction (the H200 curve, same NVSwitch generation
 out-of-sample check of the NVLS constants).
 Per-case target adjustments are printed with the row (GCP A3 Mega: 8 x 200 Gb/s NICs per VM).
 
-Run: ``python benchmarks/validate_collectives.py``.
+A row that cannot be read or priced is skipped and listed with the reason; it never stops the run.
+
+Run: ``python benchmarks/validate_collectives.py [--cases FILE]``.
 """
 from __future__ import annotations
 
-import csv
-import os
+import argparse
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hw_targets  # noqa: E402
-from explorer.collectives import bus_bandwidth, collective_time  # noqa: E402
-
-CASES = Path(os.environ.get("VALIDATION_CASES", "/work/shared/reference/validation_cases.csv"))
+from explorer.model.collectives import bus_bandwidth, collective_time  # noqa: E402
+from reference_data import Skipped, add_cases_argument, parse_each, read_rows  # noqa: E402
 
 # hardware column prefix -> (preset, knob overrides, note)
 HARDWARE = [
@@ -52,8 +54,6 @@ def message_bytes(text: str) -> int:
     nccl-tests prints power-of-two sizes with decimal prefixes ("67M" is 2^26 = 67,108,864 B): a label
     is the power of two nearest to its decimal reading.
     """
-    import math
-
     if "(" in text and " B)" in text:
         inner = text[text.index("(") + 1:text.index(" B)")]
         if inner.strip().isdigit():
@@ -72,13 +72,6 @@ def target_for(hardware: str):
             t = hw_targets.load(preset)
             return (t.replace(**knobs) if knobs else t), preset, note
     raise KeyError(f"no preset mapped for hardware {hardware!r}")
-
-
-def rows():
-    with CASES.open() as f:
-        for r in csv.DictReader(f):
-            if r["category"] == "collective":
-                yield r
 
 
 def predict(r: dict) -> dict:
@@ -100,10 +93,14 @@ def predict(r: dict) -> dict:
             "t_pred": ct.seconds, "err": pred / measured - 1.0, "note": note, "reliability": r["reliability"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from tabulate import tabulate
 
-    results = [predict(r) for r in rows()]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cases_argument(ap)
+    args = ap.parse_args(argv)
+    skipped: list[Skipped] = []
+    results = list(parse_each(read_rows(args.cases, ["collective"]), predict, skipped))
     print(tabulate([[x["case"], x["preset"], x["n"], f"{x['bytes']:.3g}", x["algorithm"], f"{x['measured']:.1f}",
                      f"{x['predicted']:.1f}", x["unit"], f"{x['t_meas'] * 1e6:.1f}", f"{x['t_pred'] * 1e6:.1f}",
                      f"{x['err']:+.1%}", x["note"]] for x in results],
@@ -116,10 +113,14 @@ def main() -> None:
         groups.setdefault(key, []).append(abs(x["err"]))
     big = [abs(x["err"]) for x in results if x["bytes"] >= 2 ** 28]
     small = [abs(x["err"]) for x in results if x["bytes"] < 2 ** 28]
-    print(tabulate([[k, len(v), f"{sum(v) / len(v):.1%}", f"{max(v):.1%}"] for k, v in groups.items()]
-                   + [["all, messages >= 256 MiB", len(big), f"{sum(big) / len(big):.1%}", f"{max(big):.1%}"],
-                      ["all, messages < 256 MiB", len(small), f"{sum(small) / len(small):.1%}", f"{max(small):.1%}"]],
-                   headers=["group", "cases", "mean |err|", "max |err|"]))
+    summary = [[k, len(v), f"{sum(v) / len(v):.1%}", f"{max(v):.1%}"] for k, v in groups.items()]
+    for label, errs in (("all, messages >= 256 MiB", big), ("all, messages < 256 MiB", small)):
+        if errs:
+            summary.append([label, len(errs), f"{sum(errs) / len(errs):.1%}", f"{max(errs):.1%}"])
+    print(tabulate(summary, headers=["group", "cases", "mean |err|", "max |err|"]))
+    if skipped:
+        print("\nskipped:")
+        print(tabulate([[s.case, s.reason] for s in skipped], headers=["case", "reason"]))
 
 
 if __name__ == "__main__":

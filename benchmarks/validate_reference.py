@@ -1,4 +1,4 @@
-"""Estimates vs published measurements on real accelerators (``/work/shared/reference/validation_cases.csv``).
+"""Estimates vs published measurements on real accelerators (``../shared/reference/validation_cases.csv``).
 
 For every case the tool can express on one chip (GEMMs, attention kernels, elementwise / norm ops,
 HBM bandwidth) a JAX program of that shape is lowered from ShapeDtypeStructs only, estimated on the
@@ -20,19 +20,19 @@ conventions (reference README caveats):
 
 Collectives and multi-chip training steps need the sharding pass: they are validated by
 ``benchmarks/validate_collectives.py`` and ``benchmarks/validate_training.py`` and listed here as
-skipped with that reason (or "needs sharding (issue 4)" where those scripts are absent).
+skipped with that reason. A row that cannot be read (a shape written another way, a missing column) is
+skipped and listed with the reason; it never stops the run.
 
 Efficiency proposals: for each preset, the ``efficiency.matrix`` that would make the model match the
 large compute-bound GEMMs measured on it (median over the cases, ids printed), and
 ``efficiency.memory`` from the STREAM copy; the preset TOMLs are not edited here.
 
     python benchmarks/validate_reference.py
-    python benchmarks/validate_reference.py --no-save
+    python benchmarks/validate_reference.py --no-save --cases my_cases.csv
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import math
 import platform
@@ -48,11 +48,11 @@ import jax.numpy as jnp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import explorer  # noqa: E402
 import hw_targets  # noqa: E402
-
-CASES = Path("/work/shared/reference/validation_cases.csv")
+from reference_data import add_cases_argument, attention_dims, default_cases, read_rows  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 WALL_CLOCK_OVERHEAD_S = 2.1e-5   # LLMCompass's launch + sync overhead for A100 wall-clock timings (case notes)
 FUSED_PIPELINE = "fuse{strategy=aggressive}"
@@ -180,65 +180,75 @@ def source_name(text: str) -> str:
 
 def plan_cases(rows: list[dict]) -> Plan:
     plan = Plan()
-    sharding = (ROOT / "passes" / "sharding.py").is_file()
     for r in rows:
-        cid, cat, hw = r["case_id"], r["category"], r["hardware"]
         before = len(plan.cases)
-        preset = preset_for(hw)
-        value = float(r["measured_value"]) if r["measured_value"] else float("nan")
-        unit, shape_text = r["measured_unit"], r["op_shape_or_message"]
-        if cat in ("collective", "train_step", "inference"):
-            if not sharding:
-                plan.skipped.append((cid, cat, "needs sharding (issue 4)"))
-            elif cat == "collective":
-                plan.skipped.append((cid, cat, "multi-chip: validated in benchmarks/validate_collectives.py"))
-            elif cat == "train_step":
-                plan.skipped.append((cid, cat, "multi-chip: validated in benchmarks/validate_training.py"))
-            else:
-                plan.skipped.append((cid, cat, f"{r['num_chips']}-chip partitioned inference; batch/layout not "
-                                               "transcribed (Pope Table 2) or needs the MLPerf harness"))
-            continue
-        if preset is None:
-            plan.skipped.append((cid, cat, f"no preset for {hw!r}"))
-            continue
-        if cat == "gemm":
-            shape, dtype = gemm_shape(shape_text), operand_dtype(r["dtype"])
-            if shape is None or dtype is None:
-                plan.skipped.append((cid, cat, "shape not stated"))
-                continue
-            m, n, k = shape
-            if unit == "ms":
-                seconds, conv = value * 1e-3, "wall"
-            else:   # TFLOP/s in the 2MNK convention
-                seconds, conv = 2.0 * m * n * k / (value * 1e12), "kernel"
-            envelope = "MAMF" in r["measured_metric"]
-            plan.cases.append(Case(cid, cat, preset, conv, GEMM_PIPELINE, seconds, matmul_program(m, n, k, dtype),
-                                   note=f"{m}x{n}x{k} {r['dtype'].split()[0]}", envelope=envelope))
-        elif cat == "attention_kernel":
-            dims = dict(re.findall(r"\b([BHSD])=(\d+)", shape_text.split("(")[0]))
-            b, h, s, d = (int(dims[x]) for x in "BHSD")
-            flops = 4.0 * b * h * s * s * d   # forward, non-causal: QK^T and PV, 2 flops per FMA
-            plan.cases.append(Case(cid, cat, preset, "kernel", FUSED_PIPELINE, flops / (value * 1e12),
-                                   attention_program(b, h, s, d), note=f"B{b} H{h} S{s} D{d} {r['framework']}"))
-        elif cat == "elementwise":
-            op = next(o for o in ("softmax", "layernorm", "gelu") if o in cid)
-            if "[" in shape_text:
-                shape = tuple(int(x) for x in re.findall(r"\d+", shape_text))
-            else:
-                shape = (int(re.match(r"\d+", shape_text)[0]),)
-            elements = math.prod(shape)
-            seconds = elements / (value * 1e9)   # G elements / s
-            plan.cases.append(Case(cid, cat, preset, "wall", FUSED_PIPELINE, seconds, elementwise_program(op, shape),
-                                   note=f"{op} {'x'.join(map(str, shape))} fp16"))
-        elif cat == "memory_bw":
-            seconds = 2 * BABELSTREAM_ARRAY_BYTES / (value * 1e12)
-            plan.cases.append(Case(cid, cat, preset, "kernel", GEMM_PIPELINE, seconds,
-                                   stream_program(BABELSTREAM_ARRAY_BYTES), note="copy, 2 x 256 MiB"))
-        else:
-            plan.skipped.append((cid, cat, f"category {cat!r} not handled"))
-        if len(plan.cases) > before:
-            plan.cases[-1] = replace(plan.cases[-1], source=source_name(r["source"]))
+        try:
+            _plan_row(r, plan)
+        except Exception as exc:   # a row that cannot be read is listed with the reason, never fatal
+            del plan.cases[before:]
+            plan.skipped.append((r.get("case_id", "?"), r.get("category", "?"),
+                                 f"cannot read the row: {type(exc).__name__}: {exc}"))
     return plan
+
+
+def _plan_row(r: dict, plan: Plan) -> None:
+    cid, cat, hw = r["case_id"], r["category"], r["hardware"]
+    before = len(plan.cases)
+    preset = preset_for(hw)
+    value = float(r["measured_value"]) if r["measured_value"] else float("nan")
+    unit, shape_text = r["measured_unit"], r["op_shape_or_message"]
+    if cat in ("collective", "train_step", "inference"):
+        if cat == "collective":
+            plan.skipped.append((cid, cat, "multi-chip: validated in benchmarks/validate_collectives.py"))
+        elif cat == "train_step":
+            plan.skipped.append((cid, cat, "multi-chip: validated in benchmarks/validate_training.py"))
+        else:
+            plan.skipped.append((cid, cat, f"{r['num_chips']}-chip partitioned inference; batch/layout not "
+                                           "transcribed (Pope Table 2) or needs the MLPerf harness"))
+        return
+    if preset is None:
+        plan.skipped.append((cid, cat, f"no preset for {hw!r}"))
+        return
+    if cat == "gemm":
+        shape, dtype = gemm_shape(shape_text), operand_dtype(r["dtype"])
+        if shape is None or dtype is None:
+            plan.skipped.append((cid, cat, "shape not stated"))
+            return
+        m, n, k = shape
+        if unit == "ms":
+            seconds, conv = value * 1e-3, "wall"
+        else:   # TFLOP/s in the 2MNK convention
+            seconds, conv = 2.0 * m * n * k / (value * 1e12), "kernel"
+        envelope = "MAMF" in r["measured_metric"]
+        plan.cases.append(Case(cid, cat, preset, conv, GEMM_PIPELINE, seconds, matmul_program(m, n, k, dtype),
+                               note=f"{m}x{n}x{k} {r['dtype'].split()[0]}", envelope=envelope))
+    elif cat == "attention_kernel":
+        b, h, s, d = attention_dims(r)
+        flops = 4.0 * b * h * s * s * d   # forward, non-causal: QK^T and PV, 2 flops per FMA
+        plan.cases.append(Case(cid, cat, preset, "kernel", FUSED_PIPELINE, flops / (value * 1e12),
+                               attention_program(b, h, s, d), note=f"B{b} H{h} S{s} D{d} {r['framework']}"))
+    elif cat == "elementwise":
+        op = next((o for o in ("softmax", "layernorm", "gelu") if o in cid.lower() or o in r["workload"].lower()),
+                  None)
+        if op is None:
+            plan.skipped.append((cid, cat, f"elementwise op not one of softmax, layernorm, gelu: {r['workload']!r}"))
+            return
+        if "[" in shape_text:
+            shape = tuple(int(x) for x in re.findall(r"\d+", shape_text))
+        else:
+            shape = (int(re.match(r"\d+", shape_text)[0]),)
+        elements = math.prod(shape)
+        seconds = elements / (value * 1e9)   # G elements / s
+        plan.cases.append(Case(cid, cat, preset, "wall", FUSED_PIPELINE, seconds, elementwise_program(op, shape),
+                               note=f"{op} {'x'.join(map(str, shape))} fp16"))
+    elif cat == "memory_bw":
+        seconds = 2 * BABELSTREAM_ARRAY_BYTES / (value * 1e12)
+        plan.cases.append(Case(cid, cat, preset, "kernel", GEMM_PIPELINE, seconds,
+                               stream_program(BABELSTREAM_ARRAY_BYTES), note="copy, 2 x 256 MiB"))
+    else:
+        plan.skipped.append((cid, cat, f"category {cat!r} not handled"))
+    if len(plan.cases) > before:
+        plan.cases[-1] = replace(plan.cases[-1], source=source_name(r["source"]))
 
 
 # -- estimating ----------------------------------------------------------------------------------------
@@ -352,13 +362,18 @@ def report(results: list[Result], plan: Plan, header: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
-    ap.add_argument("--cases", default=str(CASES), help="the validation CSV")
+    add_cases_argument(ap)
     args = ap.parse_args()
-    with open(args.cases, newline="") as f:
-        rows = list(csv.DictReader(f))
+    args.cases = args.cases or default_cases()
+    rows = read_rows(args.cases)
     plan = plan_cases(rows)
     targets: dict = {}
-    results = [run(c, targets) for c in plan.cases]
+    results = []
+    for c in plan.cases:
+        try:
+            results.append(run(c, targets))
+        except Exception as exc:   # a case the tool cannot price is listed, never fatal
+            plan.skipped.append((c.case_id, c.category, f"could not be priced: {type(exc).__name__}: {exc}"))
     now = dt.datetime.now()
     command = ("python benchmarks/validate_reference.py " + " ".join(sys.argv[1:])).strip()
     header = (f"validate_reference  {now:%Y-%m-%d %H:%M}\nmachine: {platform.platform()}, python "

@@ -24,11 +24,14 @@ Assumptions where the row leaves something out are printed with it (micro batch 
 without a step time (FlashAttention-2 table: no global batch) are listed as skipped, with the reason.
 The error is ``predicted / measured - 1`` on the per-step time (``derived_step_time_s``).
 
-Run: ``python benchmarks/validate_training.py [case-id-substring ...]``.
+A row that cannot be read (a column written another way, e.g. an FFN of ``10944 dense / 1408 per
+expert``) is skipped and listed with the reason; it never stops the run.
+
+Run: ``python benchmarks/validate_training.py [--cases FILE] [case-id-substring ...]``.
 """
 from __future__ import annotations
 
-import csv
+import argparse
 import importlib.util
 import os
 import sys
@@ -38,16 +41,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import explorer  # noqa: E402
 import hw_targets  # noqa: E402
+from explorer.pricing.pipeline_parallel import price_pipeline  # noqa: E402
 from passes import pipeline as pl  # noqa: E402
-from passes.pipeline_parallel import price_pipeline  # noqa: E402
 from passes.sharding import Shard  # noqa: E402
-
-CASES = Path(os.environ.get("VALIDATION_CASES", "/work/shared/reference/validation_cases.csv"))
+from reference_data import Skipped, add_cases_argument, integer, parse_each, read_rows  # noqa: E402
 BLOCKS_IN_PROGRAM = 2
 PRESETS = (("A100", "a100_sxm"), ("H100", "h100_sxm"), ("B200", "b200"))
 
@@ -83,8 +86,7 @@ class Row:
 
 
 def _int(r, key, default=1) -> int:
-    v = r.get(key, "").strip()
-    return int(float(v)) if v else default
+    return integer(r, key, default)
 
 
 def parse(r: dict) -> Row:
@@ -155,15 +157,20 @@ def predict(row: Row, example) -> dict:
             "fits": pe.memory_per_device_bytes <= target.main_memory.capacity_bytes}
 
 
-def main(filters: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
     from tabulate import tabulate
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cases_argument(ap)
+    ap.add_argument("filters", nargs="*", help="case-id substrings to run")
+    args = ap.parse_args(argv)
     example = _example()
-    with CASES.open() as f:
-        rows = [parse(r) for r in csv.DictReader(f) if r["category"] == "train_step"]
-    if filters:
-        rows = [r for r in rows if any(s in r.case for s in filters)]
-    out, skipped = [], []
+    unread: list[Skipped] = []
+    raw = read_rows(args.cases, ["train_step"])
+    if args.filters:
+        raw = [r for r in raw if any(s in r.get("case_id", "") for s in args.filters)]
+    rows = list(parse_each(raw, parse, unread))
+    out, skipped = [], [[u.case, u.reason] for u in unread]
     for row in rows:
         if row.why_skipped:
             skipped.append([row.case, row.why_skipped])
@@ -203,4 +210,4 @@ def main(filters: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

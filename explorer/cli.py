@@ -2,9 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Sequence
+
+from tabulate import tabulate
+
+import hw_targets
+from passes import pipeline as pl
+
+from .frontend.model_files import load_program, parse_overrides
+from .pricing.price import estimate
+from .report import plots
+from .workflows import regress
+from .workflows.compare import compare
 
 DEFAULT_TARGETS = ("h100_sxm", "tpu_v5p", "mi300x")
 
@@ -52,8 +64,6 @@ def _pipelines(values: Sequence[str] | None) -> list:
 
 
 def _program(args):
-    from .model_files import load_program, parse_overrides
-
     prog = load_program(args.model, parse_overrides(args.set))
     if args.trip_count:
         counts = {}
@@ -66,13 +76,7 @@ def _program(args):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    import hw_targets
-
-    import explorer
-
     if args.command == "targets":
-        from tabulate import tabulate
-
         rows = []
         for name in hw_targets.names():
             t = hw_targets.load(name)
@@ -85,18 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "scale-up", "scale-up GB/s/dir", "TDP W"]))
         return 0
     if args.command == "passes":
-        import dataclasses
-
-        from passes import pipeline as pl
-
         for name, cls in pl.available().items():
             opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
             print(f"{name}{{{opts}}}\n    {(cls.__doc__ or '').strip().splitlines()[0]}")
-        print(f"default pipeline: {explorer.default_pipeline() or '(none)'}")
+        print(f"default pipeline: {pl.default_pipeline() or '(none)'}")
         return 0
     if args.command == "regress":
-        from . import regress
-
         directory = args.dir or regress.DEFAULT_DIR
         if args.update:
             for path in regress.update(directory, args.case):
@@ -108,20 +106,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = _program(args)
     if args.command == "compare":
         targets = [hw_targets.load(t) for t in (args.target or DEFAULT_TARGETS)]
-        cmp = explorer.compare(prog, targets, pipelines=_pipelines(args.pipeline), strict=args.strict)
+        cmp = compare(prog, targets, pipelines=_pipelines(args.pipeline), strict=args.strict)
         print(json.dumps(cmp.to_dict(), indent=1) if args.json else cmp.table())
         if args.plot:
-            from . import plots
-
             _note(f"plot: {plots.save(plots.compare_plot(cmp), args.plot)}")
         return 0
     if args.command == "show":
         target = hw_targets.load(args.target)
-        est = explorer.estimate(prog, target, pipeline=_pipelines(args.pipeline)[0], strict=args.strict)
+        est = estimate(prog, target, pipeline=_pipelines(args.pipeline)[0], strict=args.strict)
         print(json.dumps(est.to_dict(), indent=1) if args.json else est.table(top=args.top, layer_depth=args.depth))
         if args.plot:
-            from . import plots
-
             _note(f"plot: {plots.save(plots.estimate_overview(est, target), args.plot)}")
         if args.trace:
             est.to_chrome_trace(args.trace)

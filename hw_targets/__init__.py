@@ -9,5 +9,5 @@ from .loader import from_dict, load, names
 from .target import Compute, Efficiency, FrozenMap, MemoryLevel, Network, Target, TargetError
 from .host import host  # this machine's CPU, measured through JAX (hw_targets/host.py)
 
-__all__ = ["load", "names", "from_dict", "Target", "Compute", "MemoryLevel", "Network", "Efficiency",
+__all__ = ["load", "names", "from_dict", "host", "Target", "Compute", "MemoryLevel", "Network", "Efficiency",
            "FrozenMap", "TargetError"]

@@ -5,7 +5,8 @@ CPU backend achieves (its GEMM library calls, its generated loops, its per-kerne
 cost), which no spec sheet gives. The microbenchmarks run once per machine identity (CPU
 model, cores, jax/jaxlib versions, XLA flags) and are cached on disk with their raw samples;
 ``host(remeasure=True)`` measures again. The fitting is pure arithmetic
-(``explorer.calibration`` and ``fit_measurements`` here), tested on synthetic timings.
+(``explorer.model.calibration.fit_measurements``, which registers itself as ``host()``'s fit), tested on
+synthetic timings.
 
 Timing method: the jitted function is called back to back and the batch is synchronised once,
 so a sample is the steady-state time per call (what a training loop sees); median of samples
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .host_timing import Canary, Timing, measure_call, steady_allocator  # noqa: F401 (also the public names here)
+from .loader import from_dict
+from .schema import TargetError
 
 FORMAT_VERSION = 2   # raw-sample layout: a new layout measures again
 WAIT_BUDGET_S = 25.0   # total time the microbenchmarks may wait for other processes to go quiet
@@ -73,7 +76,8 @@ def default_cache_dir() -> Path:
 
 def host(remeasure: bool = False, *, cache_dir: str | Path | None = None,
          measure: Callable[[Callable[[str], None]], dict] | None = None,
-         ident: Mapping[str, Any] | None = None, progress: bool = True):
+         ident: Mapping[str, Any] | None = None, progress: bool = True,
+         fit: Callable[[Mapping[str, Any]], "HostFit"] | None = None):
     """The Target of this machine's CPU, from cached microbenchmarks (measured now if absent).
 
     **Arguments**
@@ -81,11 +85,28 @@ def host(remeasure: bool = False, *, cache_dir: str | Path | None = None,
     - ``cache_dir``: where measurements are kept (default ``~/.cache/hw-whatif-explorer/host``).
     - ``measure``, ``ident``: injected by tests (a fake measurement, a fixed identity).
     - ``progress``: report each microbenchmark on stderr while measuring.
+    - ``fit``: raw samples -> ``HostFit`` (default: the cost model's fit, registered by ``import explorer``).
 
     **Returns** a ``hw_targets.Target`` named ``host`` (kind ``cpu``).
     """
+    fitter = fit or (_FITTERS[-1] if _FITTERS else None)
+    if fitter is None:
+        raise TargetError("hw_targets.host() fits its microbenchmarks with the explorer's cost model "
+                          "(explorer.model.calibration.fit_measurements): `import explorer` first, or pass fit=")
     record = measurements(remeasure, cache_dir=cache_dir, measure=measure, ident=ident, progress=progress)
-    return build_target(record["identity"], fit_measurements(record["raw"]), measured_at=record["measured_at"])
+    return build_target(record["identity"], fitter(record["raw"]), measured_at=record["measured_at"])
+
+
+_FITTERS: list[Callable[[Mapping[str, Any]], "HostFit"]] = []
+
+
+def use_fitter(fit: Callable[[Mapping[str, Any]], "HostFit"]) -> None:
+    """Make ``fit`` (raw samples -> ``HostFit``) the default of ``host()``.
+
+    Why a hook: turning timings into a tile and rates means inverting the cost model's formulas, and the
+    cost model lives above this data package (``explorer.model.calibration`` registers itself here)."""
+    if fit not in _FITTERS:
+        _FITTERS.append(fit)
 
 
 def measurements(remeasure: bool = False, *, cache_dir: str | Path | None = None,
@@ -243,7 +264,7 @@ def _row_norm_chain(k: int) -> Callable:
     return f
 
 
-def _row_norm_bytes(n: int) -> float:
+def row_norm_bytes(n: int) -> float:
     """Bytes one step of ``_row_norm_chain`` moves over n f32 elements in rows of 256: the reduction reads
     x and writes the row means; the elementwise kernel reads x and the means and writes x."""
     rows = n // 256
@@ -387,100 +408,8 @@ class HostFit:
     clock_hz: float
 
 
-def fit_measurements(raw: Mapping[str, Any]) -> HostFit:
-    """Raw microbenchmark samples -> rates, overheads and the GEMM tile (pure arithmetic)."""
-    from explorer import calibration as cal
-
-    cores = int(raw["cores"])
-    call_s = float(raw["call_s"])
-    dispatch = cal.fit_line([float(n) for n, _ in raw["dispatch"]], [t for _, t in raw["dispatch"]])
-    tiny_kernel, _ = cal.fit_kernel_overhead([k for k, _ in raw["kernel_chain"]], [t for _, t in raw["kernel_chain"]])
-    per_kernel = fit_kernel_sequence(raw.get("kernel_sequence", []), tiny_kernel)
-    stream_bw, stream_fixed = cal.fit_rate([b for _, b, _ in raw["stream"]], [t for _, _, t in raw["stream"]])
-    levels = {name: nbytes / max(t - stream_fixed, 1e-9) for name, (nbytes, t) in raw["levels"].items()}
-    vector = {d: cal.fit_rate([f for f, _ in rows], [t for _, t in rows])[0] for d, rows in raw["vector"].items()}
-    per_elem, _ = cal.fit_rate([n for n, _ in raw["transcendental"]], [t for _, t in raw["transcendental"]])
-    # each transcendental term also costs 2 flops (a multiply and an add) at the fp32 vector rate
-    trans = 1.0 / max(1.0 / per_elem - 2.0 / vector["fp32"], 0.05 / per_elem)
-
-    # the call's fixed cost (dispatch, one tiny kernel) is measured apart: each sample keeps the matrix op's own time
-    gemm = raw["gemm"]
-    convs = [_conv_sample(row, call_s) for row in raw.get("conv", [])]
-    base = cal.fit_gemm(_gemm_samples(gemm["fp32"], call_s, 4, 4) + convs, units=cores, bytes_per_s=stream_bw)
-    rates, errors = {"fp32": base.flops_per_s}, {"fp32": base.rms_log_error}
-    item_bytes = {"bf16": (2, 2), "fp16": (2, 2), "int8": (1, 4), "fp8": (1, 4)}   # (operands, result)
-    for d, rows in gemm.items():
-        if d == "fp32" or not rows:
-            continue
-        fit = cal.fit_gemm(_gemm_samples(rows, call_s, *item_bytes[d]), units=cores, tiles=[base.tile],
-                           bytes_per_s=stream_bw)
-        rates[d], errors[d] = fit.flops_per_s, fit.rms_log_error
-    rates["tf32"] = rates["fp32"]   # a CPU has no TF32 units: f32 at default precision runs as f32
-    return HostFit(
-        call_s=call_s, dispatch_base_s=max(0.0, dispatch.intercept), dispatch_per_array_s=max(0.0, dispatch.slope),
-        launch_overhead_s=per_kernel, tiny_kernel_overhead_s=tiny_kernel, stream_bytes_per_s=stream_bw, level_bytes_per_s=levels,
-        vector_flops_per_s=vector, transcendental_per_s=trans, matrix_flops_per_s=rates, matrix_tile=base.tile,
-        gemm_rms_log_error=errors, cores=cores, caches=tuple(raw["caches"]), memory_bytes=float(raw["memory_bytes"]),
-        clock_hz=float(raw.get("clock_hz") or 0.0))
-
-
-def _conv_sample(row, call_s: float):
-    """A SAME-padded NHWC convolution as the cost rule sees it: implicit-im2col GEMM shape, flops of
-    the taps that land on real input, f32 input + filter + output bytes."""
-    from explorer.calibration import GemmSample
-    from explorer.costs import Gemm
-    from explorer.costs.rules.linalg import _valid_taps
-
-    batch, size, cin, cout, window, stride, t = row
-    out = -(-size // stride)
-    pad_lo = max((out - 1) * stride + window - size, 0) // 2
-    taps = _valid_taps(size, out, window, stride, pad_lo, 1, 1)
-    g = Gemm(batch=1, m=batch * out * out, n=cout, k=cin * window * window)
-    nbytes = 4.0 * (batch * size * size * cin + window * window * cin * cout + batch * out * out * cout)
-    return GemmSample(gemm=g, seconds=max(t - call_s, 0.05 * t), nbytes=nbytes,
-                      flops=2.0 * batch * cout * cin * taps * taps)
-
-
-def fit_kernel_sequence(rows, floor_s: float) -> float:
-    """Fixed seconds per kernel in chains of dependent, realistically sized kernels.
-
-    Per size, the per-kernel time is the difference between a long and a short chain over their kernel
-    counts (the call's own cost cancels); a Theil-Sen line through (bytes per kernel, seconds per kernel)
-    over the sizes gives the fixed part as its intercept, never below ``floor_s`` (a tiny kernel's cost)."""
-    from explorer.calibration import fit_line
-
-    by_n: dict[int, list[tuple[int, float]]] = {}
-    for n, _steps, kernels, seconds in rows:
-        by_n.setdefault(int(n), []).append((int(kernels), float(seconds)))
-    xs, ys = [], []
-    for n, pts in sorted(by_n.items()):
-        (k0, t0), (k1, t1) = min(pts), max(pts)
-        if k1 > k0:
-            xs.append(_row_norm_bytes(n) / 2.0)          # two kernels per step
-            ys.append((t1 - t0) / (k1 - k0))
-    if len(xs) < 2:
-        return floor_s
-    return max(floor_s, fit_line(xs, ys).intercept)
-
-
-def _gemm_samples(rows, call_s: float, in_bytes: int, out_bytes: int) -> list:
-    """(batch, m, n, k, seconds) rows -> GemmSamples with the call's fixed cost removed and each GEMM's
-    operand + result bytes attached (the memory side of the cost model's roofline)."""
-    from explorer.calibration import GemmSample
-    from explorer.costs import Gemm
-
-    out = []
-    for batch, m, n, k, t in rows:
-        nbytes = batch * ((m * k + k * n) * in_bytes + m * n * out_bytes)
-        out.append(GemmSample(gemm=Gemm(batch=batch, m=m, n=n, k=k), seconds=max(t - call_s, 0.05 * t),
-                              nbytes=float(nbytes)))
-    return out
-
-
 def build_target(ident: Mapping[str, Any], fit: HostFit, measured_at: str = ""):
     """The ``Target`` for a fitted host: rates are what XLA sustains here, so efficiencies are 1."""
-    from .loader import from_dict
-
     latency = {2: 4e-9, 3: 1.5e-8}   # assumption: typical L2 / LLC load-to-use latency
     memory = [{"name": c["name"], "kind": "cache", "capacity_bytes": float(c["capacity_bytes"]),
                "bandwidth_bytes_per_s": float(fit.level_bytes_per_s.get(c["name"], fit.stream_bytes_per_s)),

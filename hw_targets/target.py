@@ -7,19 +7,12 @@ never a mutation; every variant is validated like a loaded preset.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-MEMORY_KINDS = ("on_chip", "cache", "main", "host")
-TOPOLOGIES = ("switch", "ring", "full_mesh", "torus_2d", "torus_3d", "fat_tree", "none")
-TARGET_KINDS = ("gpu", "tpu", "npu", "cpu", "hypothetical")
-MATRIX_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
-VECTOR_DTYPES = ("fp32", "bf16", "fp16", "fp64")
-
-
-class TargetError(ValueError):
-    """Bad target data: the message names the file, the field and the value."""
-
+from .schema import MATRIX_DTYPES, MEMORY_KINDS, TARGET_KINDS, TOPOLOGIES, VECTOR_DTYPES, TargetError  # noqa: F401
+from .validate import validate_target
 
 class FrozenMap(Mapping[str, float]):
     """A read-only, hashable mapping (dtype -> rate) so targets stay hashable."""
@@ -102,8 +95,6 @@ class Target:
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        from .validate import validate_target
-
         validate_target(self, self.source or self.name)
 
     # -- lookups --------------------------------------------------------------------
@@ -191,8 +182,6 @@ class Target:
         known = self.knobs()
         for name, value in changes.items():
             if name not in known:
-                import difflib
-
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise TargetError(f"{self.name}: unknown knob {name!r}{hint}")

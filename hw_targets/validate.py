@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from .target import Target
+from .schema import MATRIX_DTYPES, MEMORY_KINDS, TARGET_KINDS, TOPOLOGIES, VECTOR_DTYPES, TargetError
 
 
 def _fail(where: str, field: str, message: str, value) -> None:
-    from .target import TargetError
-
     raise TargetError(f"{where}: field {field!r} {message}, got {value!r}")
 
 
@@ -29,9 +26,8 @@ def _fraction(where: str, field: str, value) -> None:
         _fail(where, field, "must be in (0, 1]", value)
 
 
-def validate_target(t: "Target", where: str) -> None:
-    from .target import MATRIX_DTYPES, MEMORY_KINDS, TARGET_KINDS, TOPOLOGIES, VECTOR_DTYPES
-
+def validate_target(t: Any, where: str) -> None:
+    """Raise ``TargetError`` naming ``where``, the field and the value on the first invariant ``t`` breaks."""
     if t.kind not in TARGET_KINDS:
         _fail(where, "kind", f"must be one of {', '.join(TARGET_KINDS)}", t.kind)
     c = t.compute

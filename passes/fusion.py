@@ -20,7 +20,7 @@ take edges, so a notebook can override single choices; ``candidates()`` lists th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 from .pipeline import register
@@ -480,3 +480,18 @@ def _read_sources(program, plan: Plan, v: int, reader, operand_index: int, kerne
         else:
             nbytes = min(nbytes, float(sum(plan.nbytes(program, r) for r in reader.results)))
     yield v, nbytes
+
+
+def default_kernels(program) -> tuple[Kernel, ...]:
+    """Every op that launches a kernel is its own kernel (no fusion): what a plan without fusion decisions runs."""
+    return Fuse(strategy="none").run(program, Plan(), None).kernels
+
+
+def kernels_of(program, plan: Plan) -> tuple[Kernel, ...]:
+    """The plan's kernels, or ``default_kernels`` when no pass decided fusion (computed once per program: the
+    same tuple each time, so the cost model's per-kernels caches hit)."""
+    if plan.kernels is not None:
+        return plan.kernels
+    if "_default_kernels" not in program.__dict__:
+        program.__dict__["_default_kernels"] = default_kernels(program)
+    return program.__dict__["_default_kernels"]

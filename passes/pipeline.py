@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import sys
 from typing import Any, Sequence
 
 from .plan import Plan
+from .verify import verify_plan
 
 _PASSES: dict[str, type] = {}
-_INFRA = {"plan", "pipeline", "verify"}
+_INFRA = {"passes.plan", "passes.pipeline", "passes.verify"}
+DEFAULT_PIPELINE = "fuse{strategy=xla}"
 
 
 class PassError(RuntimeError):
@@ -37,10 +40,16 @@ def register(cls: type) -> type:
 
 
 def _discover() -> None:
-    pkg = importlib.import_module("passes")
-    for m in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)):
-        if m not in _INFRA and not m.startswith("_"):
-            importlib.import_module(f"passes.{m}")
+    """Import every module under ``passes/`` (subpackages too), so a new pass file registers itself."""
+    pkg = sys.modules["passes"]
+    for m in sorted(m.name for m in pkgutil.walk_packages(pkg.__path__, "passes.")):
+        if m not in _INFRA and not m.rsplit(".", 1)[-1].startswith("_"):
+            importlib.import_module(m)
+
+
+def default_pipeline() -> str:
+    """The pipeline ``explorer.estimate`` uses unless told otherwise (XLA-like fusion)."""
+    return DEFAULT_PIPELINE if "fuse" in available() else ""
 
 
 def available() -> dict[str, type]:
@@ -141,6 +150,5 @@ def run(passes: Sequence[Any], program, target, plan: Plan | None = None, verify
         done.append(to_text([p]))
         plan = plan.with_(history=plan.history + (done[-1],))
         if verify:
-            from .verify import verify_plan
             verify_plan(program, plan, target, after=done[-1])
     return plan

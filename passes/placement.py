@@ -18,8 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import bisect
+
 import numpy as np
 
+from explorer.model.memory import main_memory_liveness
+
+from .fusion import kernels_of
 from .pipeline import register
 from .plan import Plan
 
@@ -27,10 +32,7 @@ _OPT_STATE_HINTS = (".mu", ".nu", "opt", "momentum", "trace", ".count", "adam", 
 
 
 def kernel_order(program, plan: Plan):
-    from explorer.estimate import default_kernels
-
-    kernels = plan.kernels if plan.kernels is not None else default_kernels(program)
-    return sorted(kernels, key=lambda k: min(k.ops))
+    return sorted(kernels_of(program, plan), key=lambda k: min(k.ops))
 
 
 def intervals(program, kernels) -> tuple[dict[int, tuple[int, int]], dict[int, float]]:
@@ -79,8 +81,6 @@ def peak_usage(spans: dict[int, tuple[int, int]], sizes: dict[int, float], chose
 
 def _kernel_ranges(kernels, live_ranges) -> dict[int, tuple[tuple[int, int], ...]]:
     """A plan's op-id live ranges (remat) as kernel-index intervals (an op maps to the kernel starting at or before it)."""
-    import bisect
-
     starts = [min(k.ops) for k in kernels]
 
     def at(op_id: int) -> int:
@@ -157,8 +157,8 @@ class Place:
             usage = peak_usage(spans, sizes, in_main, steps, ranges)
             overflows = usage.max() > main.capacity_bytes
             if overflows and plan.live_ranges:   # after remat: trust the estimate's own liveness when it fits
-                from explorer.estimate import main_memory_liveness
-                overflows = main_memory_liveness(program, plan.with_(placement=MappingProxyType(placement))
+                placed = plan.with_(placement=MappingProxyType(placement))
+                overflows = main_memory_liveness(program, placed, kernels_of(program, placed)
                                                  ).peak_bytes > main.capacity_bytes
             if self.force or overflows:
                 moved = _offload(program, self.offload, in_main, spans, sizes, traffic, usage, main.capacity_bytes,

@@ -45,9 +45,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from explorer import liveness, names
 from explorer.costs import Work
+from explorer.graph import names
+from explorer.model import liveness, timing
+from explorer.model.memory import main_memory_liveness
+from explorer.model.traffic import link_copy_time, traffic_by_level, transient_values
+from explorer.report.units import fmt_bytes, fmt_seconds
 
+from .fusion import build_kernels, kernels_of
 from .pipeline import register
 from .plan import ExtraKernel, Plan
 
@@ -275,11 +280,9 @@ def jax_recomputed_ops(graph) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- pricing (plan + target)
 def recompute_kernels(program, plan: Plan, an: Analysis, choice: Choice) -> tuple[ExtraKernel, ...]:
     """One extra kernel per forward kernel whose ops are recomputed, priced as those ops fused."""
-    from .fusion import build_kernels
-
     if not choice.recompute:
         return ()
-    kernels = _kernels_of(program, plan)
+    kernels = kernels_of(program, plan)
     owner = {o: i for i, k in enumerate(kernels) for o in k.ops}
     groups: dict[int, list[int]] = {}
     for o in choice.recompute:
@@ -313,8 +316,6 @@ def offload_kernels(program, plan: Plan, target, an: Analysis, choices: Sequence
     chosen = [c for c in choices if c.policy == "offload" and c.dropped]
     if not chosen or host is None:
         return ()
-    from explorer.estimate import link_copy_time
-
     secs = _compute_seconds_by_op(program, plan, target) if kernel_seconds is None else kernel_seconds
     prefix = np.concatenate([[0.0], np.cumsum(secs)])
     demand = 0.0
@@ -335,15 +336,12 @@ def offload_kernels(program, plan: Plan, target, an: Analysis, choices: Sequence
 
 def _compute_seconds_by_op(program, plan: Plan, target) -> np.ndarray:
     """Per op id: seconds of the compute-bound kernel that starts there (what a copy can hide behind)."""
-    from explorer import timing
-    from explorer.estimate import _traffic_by_level
-
-    kernels = _kernels_of(program, plan)
+    kernels = kernels_of(program, plan)
     secs = np.zeros(len(program.graph.ops))
     for kern in kernels:
         works = [w for w in (plan.work(program, o) for o in kern.ops) if w is not None]
         runs = program.weights[kern.ops[0]]
-        t = timing.kernel_time(target, works, _traffic_by_level(target, plan, kern))
+        t = timing.kernel_time(target, works, traffic_by_level(target, plan.placement, kern))
         if t.bound == "compute" and runs:
             secs[min(kern.ops)] += t.seconds * runs
     return secs
@@ -351,9 +349,6 @@ def _compute_seconds_by_op(program, plan: Plan, target) -> np.ndarray:
 
 def extra_seconds(program, target, extras: Sequence[ExtraKernel]) -> float:
     """Time the estimate adds for ``extras`` (overlappable copies counted as hidden)."""
-    from explorer import timing
-    from explorer.estimate import link_copy_time
-
     total = 0.0
     for e in extras:
         if e.overlappable:
@@ -427,22 +422,8 @@ def apply(program, plan: Plan, target, an: Analysis, choices: Sequence[Choice], 
                       notes=(*plan.notes, *notes, f"remat: {summary}"))
 
 
-def _kernels_of(program, plan: Plan):
-    """The plan's kernels, or every op its own kernel (computed once per program: the same tuple each time,
-    so the estimate's per-kernels caches hit)."""
-    from explorer.estimate import default_kernels
-
-    if plan.kernels is not None:
-        return plan.kernels
-    if "_remat_default_kernels" not in program.__dict__:
-        program.__dict__["_remat_default_kernels"] = default_kernels(program)
-    return program.__dict__["_remat_default_kernels"]
-
-
 def _fused_values(program, plan: Plan) -> frozenset[int]:
-    from explorer.estimate import _transient_values
-
-    return _transient_values(program, _kernels_of(program, plan))
+    return transient_values(program, kernels_of(program, plan))
 
 
 def _notes(program, an: Analysis) -> list[str]:
@@ -465,8 +446,6 @@ def _notes(program, an: Analysis) -> list[str]:
 # ----------------------------------------------------------------------------- auto
 def _auto(program, plan: Plan, target, an: Analysis, budget: float, allow_offload: bool) -> tuple[list[Choice], str]:
     """Per unit, the policy mix that fits ``budget`` at the least added time (see the module docstring)."""
-    from explorer.estimate import fmt_bytes, fmt_seconds
-
     graph = program.graph
     policies = ["none", "selective", "full"] + (["offload"] if allow_offload and target.host_memory is not None else [])
     units = [u.name for u in an.units if not u.in_loop]
@@ -530,14 +509,12 @@ class _Curves:
     live range materialises it."""
 
     def __init__(self, program, plan: Plan, an: Analysis, options: Mapping[str, Mapping[str, Choice]]):
-        from explorer.estimate import _transient_values, main_memory_liveness
-
         self.an, self.options = an, options
-        kernels = _kernels_of(program, plan)
+        kernels = kernels_of(program, plan)
         self.base = np.array(main_memory_liveness(program, plan, kernels).live_bytes, dtype=float)
         elsewhere = frozenset((plan.placement or {}).keys())
         ranged = dict(plan.live_ranges or {})
-        fused = _transient_values(program, kernels) - frozenset(ranged)
+        fused = transient_values(program, kernels) - frozenset(ranged)
         self._old = lambda r: 0.0 if (r in fused or r in elsewhere) else float(plan.nbytes(program, r))  # noqa: E731
         self._new = lambda r: 0.0 if r in elsewhere else float(plan.nbytes(program, r))  # noqa: E731
         self._span = lambda r: ranged.get(r) or ((an.def_op[r], an.last_read(r)),)  # noqa: E731

@@ -6,7 +6,7 @@ import math
 import pytest
 
 import hw_targets
-from explorer import calibration as cal
+from explorer.model import calibration as cal
 from explorer.costs import Gemm
 
 host_mod = importlib.import_module("hw_targets.host")   # ``hw_targets.host`` itself is the function
@@ -49,9 +49,9 @@ def test_fit_rate_separates_rate_from_fixed_cost():
 
 
 def test_kernel_sequence_overhead_never_below_a_tiny_kernel():
-    rows = [[n, s, 2 * s, 2 * s * (1e-7 + host_mod._row_norm_bytes(n) / 2 / 50e9)] for n in (4096, 65536) for s in (4, 16)]
-    assert host_mod.fit_kernel_sequence(rows, floor_s=3e-7) == pytest.approx(3e-7)
-    assert host_mod.fit_kernel_sequence([], floor_s=3e-7) == 3e-7
+    rows = [[n, s, 2 * s, 2 * s * (1e-7 + host_mod.row_norm_bytes(n) / 2 / 50e9)] for n in (4096, 65536) for s in (4, 16)]
+    assert cal.fit_kernel_sequence(rows, floor_s=3e-7) == pytest.approx(3e-7)
+    assert cal.fit_kernel_sequence([], floor_s=3e-7) == 3e-7
 
 
 def test_fit_kernel_overhead():
@@ -123,7 +123,7 @@ def fake_raw() -> dict:
                    for b, m, n, k in rows]
     conv = []
     for row in host_mod.CONV_SHAPES:
-        s = host_mod._conv_sample((*row, 0.0), 0.0)
+        s = cal.conv_sample((*row, 0.0), 0.0)
         conv.append([*row, t["call_s"] + cal.gemm_seconds(s.gemm, t["matrix"]["fp32"], t["tile"], 2, flops=s.flops)])
     return {
         "caches": [{"name": "l2", "level": 2, "capacity_bytes": 2 << 20}, {"name": "llc", "level": 3, "capacity_bytes": 32 << 20}],
@@ -131,7 +131,7 @@ def fake_raw() -> dict:
         "dispatch": [[n, t["dispatch_base_s"] + t["per_array_s"] * n] for n in (2, 32, 128)],
         "kernel_chain": [[k, t["call_s"] + t["kernel_s"] * k] for k in (1, 32, 128)],
         "kernel_sequence": [[n, steps, 2 * steps, t["call_s"] + 2 * steps * (
-            t["seq_kernel_s"] + host_mod._row_norm_bytes(n) / 2 / t["seq_bw"])] for n in (4096, 65536) for steps in (4, 16)],
+            t["seq_kernel_s"] + host_mod.row_norm_bytes(n) / 2 / t["seq_bw"])] for n in (4096, 65536) for steps in (4, 16)],
         "stream": [[kind, b, t["fixed_s"] + b / t["bw"]] for kind in ("scale", "add") for b in (2e6, 8e6, 32e6)],
         "levels": {"l2": [1 << 20, t["fixed_s"] + (1 << 20) / 160e9], "llc": [16 << 20, t["fixed_s"] + (16 << 20) / 120e9]},
         "vector": {"fp32": [[f, 5e-6 + f / t["fp32"]] for f in (1e6, 4e6, 8e6)],
@@ -143,7 +143,7 @@ def fake_raw() -> dict:
 
 
 def test_fit_measurements_recovers_the_parameters():
-    fit = host_mod.fit_measurements(fake_raw())
+    fit = cal.fit_measurements(fake_raw())
     t = TRUE
     assert fit.tiny_kernel_overhead_s == pytest.approx(t["kernel_s"])
     assert fit.launch_overhead_s == pytest.approx(t["seq_kernel_s"])
@@ -161,7 +161,7 @@ def test_fit_measurements_recovers_the_parameters():
 
 
 def test_build_target_fits_the_schema():
-    target = host_mod.build_target({"cpu_model": "Test CPU", "jax": "0.0"}, host_mod.fit_measurements(fake_raw()))
+    target = host_mod.build_target({"cpu_model": "Test CPU", "jax": "0.0"}, cal.fit_measurements(fake_raw()))
     assert isinstance(target, hw_targets.Target)
     assert target.kind == "cpu" and target.name == "host"
     assert target.compute.matrix_units == 2

@@ -5,7 +5,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import pytest
 
 from explorer.cli import main
 

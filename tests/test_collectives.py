@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import hw_targets
-from explorer import collectives, timing
-from explorer.collectives import bus_bandwidth, collective_time, place, slice_shape
+from explorer.model import collectives, timing
+from explorer.model.collectives import bus_bandwidth, collective_time, place, slice_shape
 from explorer.costs import Work
 
 

@@ -1,5 +1,4 @@
 """Estimates on targets: the roofline floor, the bound, determinism, unknown ops, comparisons."""
-import math
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +6,7 @@ import pytest
 
 import explorer
 import hw_targets
-from explorer import timing
+from explorer.model import timing
 from explorer.costs import Gemm
 
 S = jax.ShapeDtypeStruct

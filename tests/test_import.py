@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 import explorer
-from explorer.importer import ImportError_
+from explorer.graph.importer import ImportError_
 
 S = jax.ShapeDtypeStruct
 

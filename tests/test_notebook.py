@@ -1,9 +1,7 @@
 """The fusion-exploration notebook runs top to bottom (so it never rots)."""
-import os
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import pytest
 
 import explorer
 import hw_targets
-from explorer import liveness
+from explorer.model import liveness
 from passes import pipeline as pl
 from passes.verify import verify_plan
 

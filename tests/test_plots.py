@@ -8,7 +8,7 @@ import pytest
 import explorer
 import hw_targets
 from explorer import plots
-from explorer.sweep import SweepError
+from explorer.workflows.sweep import SweepError
 
 pytest.importorskip("matplotlib")
 S = jax.ShapeDtypeStruct

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer import regress
+from explorer.workflows import regress
 from explorer.cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -17,8 +17,9 @@ import pytest
 
 import explorer
 import hw_targets
-from explorer import liveness
-from explorer.estimate import main_memory_liveness
+from explorer.model import liveness
+from explorer.model.memory import main_memory_liveness
+from passes.fusion import kernels_of
 from passes import pipeline as pl
 from passes import remat
 
@@ -93,7 +94,7 @@ def est(prog, target, text):
 
 def boundary_bytes(prog, plan) -> int:
     """Bytes live across the forward -> backward boundary (the activations a step holds)."""
-    return main_memory_liveness(prog, plan).live_bytes[remat.analyse(prog.graph).bwd_start - 1]
+    return main_memory_liveness(prog, plan, kernels_of(prog, plan)).live_bytes[remat.analyse(prog.graph).bwd_start - 1]
 
 
 # ------------------------------------------------------------------------ analysis
@@ -383,7 +384,7 @@ def test_auto_predicts_the_peak_the_estimate_reports(gpt2_pair, h100):
     for mix in (("none", "none"), ("full", "none"), ("selective", "full"), ("offload", "selective"), ("full", "full")):
         assign = dict(zip(units, mix))
         applied = remat.apply(prog, plan, h100, an, [options[u][p] for u, p in assign.items()])
-        assert curves.peak(assign) == main_memory_liveness(prog, applied).peak_bytes
+        assert curves.peak(assign) == main_memory_liveness(prog, applied, kernels_of(prog, applied)).peak_bytes
 
 
 def test_gpt2_auto_fits_where_none_does_not_and_is_not_slower_than_full(gpt2_pair, h100):

@@ -8,9 +8,9 @@ import pytest
 
 import explorer
 import hw_targets
-from explorer.search import candidate_meshes, search_sharding
-from passes.sharding_ilp import STATE_FRACTION, IlpShard, solve
-from passes.sharding_spec import Mesh
+from explorer.workflows.search import candidate_meshes, search_sharding
+from passes.sharding.ilp import STATE_FRACTION, IlpShard, solve
+from passes.sharding.spec import Mesh
 
 S = jax.ShapeDtypeStruct
 

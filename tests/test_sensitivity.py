@@ -7,9 +7,9 @@ import pytest
 
 import explorer
 import hw_targets
-from explorer import timing
+from explorer.model import timing
 from explorer.costs import Gemm
-from explorer.sensitivity import integer_knob
+from explorer.workflows.sensitivity import integer_knob
 
 S = jax.ShapeDtypeStruct
 

@@ -10,11 +10,11 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import explorer
-from passes import sharding_read
+from passes.sharding import read as sharding_read
 from passes.sharding import Shard, shard_program
-from passes.sharding_reshard import reshard
-from passes.sharding_spec import Mesh, Spec, parse_hlo_sharding, parse_mesh, parse_sdy_sharding
-from passes.sharding_strategies import Strategy, layouts, parse_mesh_text, parse_pins, path_of
+from passes.sharding.reshard import reshard
+from passes.sharding.spec import Mesh, Spec, parse_hlo_sharding, parse_mesh, parse_sdy_sharding
+from passes.sharding.strategies import Strategy, layouts, parse_mesh_text, parse_pins, path_of
 
 S = jax.ShapeDtypeStruct
 B, D, H, C = 64, 32, 16, 8
@@ -270,7 +270,7 @@ def test_sharding_is_deterministic(gpt):
 
 # -- pipeline parallelism ------------------------------------------------------------------------
 
-from passes.pipeline_parallel import block_of, bubble_fraction, price_pipeline, schedule_seconds  # noqa: E402
+from explorer.pricing.pipeline_parallel import block_of, bubble_fraction, price_pipeline, schedule_seconds  # noqa: E402
 
 
 @pytest.mark.parametrize("p,m", [(4, 8), (2, 1), (8, 32)])

@@ -15,13 +15,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import explorer
 import hw_targets
-from explorer import timing
+from explorer.model import timing
+from explorer.model.variants import ArrayTarget, Sections
+from explorer.pricing import vectorised
 from explorer.costs import Gemm, Work
 from passes.fusion import Fuse
 from passes.placement import Place
 from passes.plan import ExtraKernel
 
-sw = importlib.import_module("explorer.sweep")    # the module (``explorer.sweep`` is the function)
+sw = importlib.import_module("explorer.workflows.sweep")    # the module (``explorer.sweep`` is the function)
 S = jax.ShapeDtypeStruct
 
 
@@ -171,7 +173,7 @@ def test_array_view_of_the_variants(h100):
     variants = [{"scale_up.domain_size": 8}, {}, {"compute.matrix_units": 2}]
     knob_cols = {k: np.array([v.get(k, tpu.knobs()[k]) for v in variants]) for k in ("scale_up.domain_size",
                                                                                       "compute.matrix_units")}
-    at = sw.ArrayTarget(sw._Sections(tpu, knob_cols, 3))
+    at = ArrayTarget(Sections(tpu, knob_cols, 3))
     dims = at.scale_up.torus_dims
     assert dims.dtype == object and list(dims) == [(), tpu.scale_up.torus_dims, tpu.scale_up.torus_dims]
     assert list(at.compute.matrix_units) == [tpu.compute.matrix_units, tpu.compute.matrix_units, 2]
@@ -309,12 +311,12 @@ def test_sums_reproduce_python_sum():
     values = np.array([[rng.choice([-0.0, rng.uniform(0, 1) * 10 ** rng.randint(-9, 3)]) for _ in range(5)]
                        for _ in range(300)])
     order = [rng.randrange(300) for _ in range(500)]
-    got = sw.builtin_sum_rows(values, order)
+    got = vectorised.builtin_sum_rows(values, order)
     for j in range(5):
         want = float(sum(values[i, j] for i in order if values[i, j].hex() != (-0.0).hex()))
         assert got[j].hex() == want.hex()
     start = np.array([-0.0, -1e-6, 0.0, 2.0, -3.5])
-    plain = sw.plain_sum_rows(start, values, order)
+    plain = vectorised.plain_sum_rows(start, values, order)
     for j in range(5):
         total = float(start[j])
         for i in order:
@@ -334,13 +336,13 @@ def _neumaier(xs):
 
 
 def test_compensated_sum_emulation(monkeypatch):
-    monkeypatch.setattr(sw, "_COMPENSATED_SUM", True)
+    monkeypatch.setattr(vectorised, "_COMPENSATED_SUM", True)
     rng = random.Random(1)
     values = np.array([[rng.uniform(0, 1) * 10 ** rng.randint(-12, 12) for _ in range(4)] for _ in range(200)])
     values[5, 0] = 1e100
     values[9, 0] = -1e100
     order = list(range(200)) * 2
-    got = sw.builtin_sum_rows(values, order)
+    got = vectorised.builtin_sum_rows(values, order)
     for j in range(4):
         assert got[j].hex() == _neumaier(values[i, j] for i in order).hex()
 

@@ -9,7 +9,7 @@ import explorer
 import hw_targets
 from explorer.costs import Work
 from explorer.model_files import load_module, load_program
-from explorer.trace import COLLECTIVES, COMPUTE, COPIES
+from explorer.report.trace import COLLECTIVES, COMPUTE, COPIES
 from passes.fusion import Fuse
 from passes.plan import ExtraKernel
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from ..ir import Op, TensorType
+from ..graph.ir import Op, TensorType
 from .work import Work
 
 RuleFn = Callable[[Op, Sequence[TensorType], Sequence[TensorType]], Work]

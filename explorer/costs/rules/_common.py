@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ...ir import TensorType
+from ...graph.ir import TensorType
 
 
 def nbytes(types: Sequence[TensorType]) -> float:

@@ -46,7 +46,7 @@ def dot(op, ins, outs) -> Work:
                 dtype=_matmul_dtype(op, lhs.dtype), gemm=g)
 
 
-def _valid_taps(in_size: int, out_size: int, window: int, stride: int, pad_lo: int,
+def valid_taps(in_size: int, out_size: int, window: int, stride: int, pad_lo: int,
                 lhs_dil: int, rhs_dil: int) -> int:
     """(output position, kernel tap) pairs that land on a real input element (not padding, not a dilation hole)."""
     dilated = (in_size - 1) * lhs_dil + 1 if in_size > 0 else 0
@@ -72,7 +72,7 @@ def convolution(op, ins, outs) -> Work:
     rhs_dil = op.attrs.get("rhs_dilation") or (1,) * nsp
     taps = 1
     for i in range(nsp):
-        taps *= _valid_taps(lhs.shape[dn["input_spatial"][i]], out.shape[dn["output_spatial"][i]],
+        taps *= valid_taps(lhs.shape[dn["input_spatial"][i]], out.shape[dn["output_spatial"][i]],
                             rhs.shape[dn["kernel_spatial"][i]], strides[i], padding[i][0], lhs_dil[i], rhs_dil[i])
     out_batch = out.shape[dn["output_batch"]]
     out_feat = out.shape[dn["output_feature"]]

@@ -1,0 +1,131 @@
+"""Liveness over a schedule (program order by default): live bytes over time and the peak.
+
+A value is live from the op that defines it to its last reader; program inputs and
+outputs are live throughout. Views (reshape, bitcast) alias their operand rather
+than allocating. Values inside a loop body live within the loop's span; a loop's block arguments share
+the buffers of its operands and results, which are counted there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..graph.ir import Graph
+
+
+@dataclass(frozen=True)
+class LiveTensor:
+    value_id: int
+    nbytes: int
+    producer: str      # name stack of the defining op, or the input's name
+
+
+@dataclass(frozen=True)
+class Liveness:
+    peak_bytes: int
+    peak_step: int                      # op index at the peak
+    live_at_peak: tuple[LiveTensor, ...]  # largest first
+    live_bytes: tuple[int, ...]         # live bytes after each op of the schedule
+
+
+_IN_PLACE = frozenset({"stablehlo.dynamic_update_slice", "stablehlo.scatter"})
+_VIEWS = frozenset({"stablehlo.reshape", "stablehlo.bitcast_convert", "stablehlo.get_tuple_element",
+                    "stablehlo.optimization_barrier", "stablehlo.tuple"})
+
+
+def alias_roots(graph: Graph, order: list[int] | None = None) -> dict[int, int]:
+    """view value -> the value whose memory it shares (its root; views of views resolve to the first).
+
+    Public so that passes reasoning about live ranges (remat) group reads exactly as ``analyse`` does.
+    """
+    order = list(range(len(graph.ops))) if order is None else order
+    root: dict[int, int] = {}
+    for oid in order:
+        op = graph.ops[oid]
+        if op.name in _VIEWS and len(op.operands) == len(op.results):
+            for a, r in zip(op.operands, op.results):
+                if graph.values[a].nbytes == graph.values[r].nbytes:
+                    root[r] = root.get(a, a)
+        elif op.name == "stablehlo.while":
+            # loop-carried buffers are updated in place: each result is its operand's buffer
+            for a, r in zip(op.operands, op.results):
+                if graph.values[a].nbytes == graph.values[r].nbytes:
+                    root[r] = root.get(a, a)
+        elif op.name in _IN_PLACE and op.results and op.operands:
+            # updated in place (as XLA does): the result is the operand's buffer
+            a, r = op.operands[0], op.results[0]
+            if graph.values[a].nbytes == graph.values[r].nbytes:
+                root[r] = root.get(a, a)
+    return root
+
+
+def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
+            transient: frozenset[int] = frozenset(),
+            ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None,
+            sizes: Mapping[int, float] | None = None) -> Liveness:
+    """``transient``: values that never reach memory (they stay inside a fused kernel).
+
+    ``ranges``: root value id -> the (first op id, last op id) intervals, inclusive, in which it occupies
+    memory, replacing its def-use range (set by rematerialisation / activation offload: a value dies after
+    its last forward use and is re-created before its first backward use). ``len(graph.ops)`` as a last
+    op id means "until the end of the program". ``sizes``: value id -> bytes, replacing the graph's
+    (per-device sizes once sharded).
+    """
+    order = list(range(len(graph.ops))) if order is None else order
+    pos = {oid: i for i, oid in enumerate(order)}
+    root = alias_roots(graph, order)
+
+    def find(v: int) -> int:
+        return root.get(v, v)
+
+    end = len(order)
+    start: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for v in graph.inputs:
+        start[v], last[v] = 0, end
+    for oid in order:
+        op = graph.ops[oid]
+        i = pos[oid]
+        for r in op.results:
+            rr = find(r)
+            if rr == r:
+                start.setdefault(r, i)
+                last.setdefault(r, i)
+        for v in op.operands:
+            rv = find(v)
+            if rv not in start and rv not in graph.producers:
+                continue   # a loop/branch block argument: it is the buffer of the loop's operand and result
+            last[rv] = max(last.get(rv, i), i)
+            start.setdefault(rv, 0)
+    for v in graph.outputs:
+        last[find(v)] = end
+    spans: dict[int, tuple[tuple[int, int], ...]] = {v: ((s, last[v]),) for v, s in start.items()}
+    for v, given in (ranges or {}).items():
+        spans[v] = tuple((pos.get(a, end) if a < len(graph.ops) else end,
+                          pos.get(b, end) if b < len(graph.ops) else end) for a, b in given)
+
+    def nbytes(v: int) -> int:
+        if v in transient:
+            return 0
+        return int(sizes[v]) if sizes is not None and v in sizes else graph.values[v].nbytes
+
+    delta = [0] * (end + 2)
+    for v, intervals in spans.items():
+        nb = nbytes(v)
+        for s, e in intervals:
+            delta[s] += nb
+            delta[e + 1] -= nb
+    live, cur = [], 0
+    for i in range(end + 1):
+        cur += delta[i]
+        live.append(cur)
+    peak = max(live) if live else 0
+    step = live.index(peak) if live else 0
+    at_peak = [v for v, intervals in spans.items() if any(s <= step <= e for s, e in intervals) and v not in transient]
+    names = dict(zip(graph.inputs, graph.input_names))
+    tensors = sorted(
+        (LiveTensor(v, nbytes(v),
+                    names.get(v) or (graph.producer(v).name_stack if graph.producer(v) else f"%{v}"))
+         for v in at_peak),
+        key=lambda t: (-t.nbytes, t.value_id))
+    return Liveness(peak_bytes=int(peak), peak_step=step, live_at_peak=tuple(tensors[:top]), live_bytes=tuple(live))

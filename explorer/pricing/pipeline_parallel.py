@@ -1,0 +1,308 @@
+"""Pipeline parallelism priced: split a program's layers into stages over a mesh axis and price the schedule.
+
+The program is one *microbatch* of a training step, already partitioned over the other axes (tensor,
+data, sequence parallel: run ``shard`` first), priced per device by ``explorer.estimate``. This module
+assigns its kernels to ``stages`` x ``virtual`` model chunks by layer (repeated blocks ``h_3``,
+``layers_3``, ``Block_3`` are split evenly; what comes before the first block, the embedding, goes
+to the first stage; what comes after, the head and loss, to the last), and prices a step of
+``microbatches`` microbatches:
+
+- GPipe and 1F1B: ``(m + p - 1)`` slots of the slowest stage's forward+backward: the bubble is the
+  fraction ``(p - 1) / (m + p - 1)`` of the schedule (1F1B only holds fewer microbatches' activations);
+- interleaved 1F1B (``virtual`` = v chunks per device, Megatron): the bubble shrinks to
+  ``(p - 1) / v`` stage-slots, ``(p - 1) / (v m + p - 1)`` of the schedule, for v times the transfers;
+- stage-to-stage transfers: each boundary sends a microbatch's activations forward and their
+  gradients back, as a ``collective_permute`` between neighbouring stages on the network the pipeline
+  axis rides (stride: the devices of one stage, so usually the scale-out network). Steady-state sends
+  overlap compute; the fill and drain each wait for ``(p - 1) * v`` of them;
+- once per step, after the flush: the optimizer (each stage updates its own layers) and the data
+  parallel gradient reduction of the stage's parameters (exposed, as in Megatron's PTD-P).
+
+When the model's blocks are identical, the program may be built with fewer of them: ``blocks`` gives
+the real count and the per-block time of the program is scaled to it (said in ``notes``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from tabulate import tabulate
+
+from passes.sharding.strategies import path_of
+
+from ..graph import names
+from ..model.collectives import collective_time
+from ..report.units import fmt_bytes, fmt_seconds
+
+SCHEDULES = ("gpipe", "1f1b", "interleaved")
+_BLOCK = re.compile(r"^(?:.*_)?(\d+)$")
+
+
+def bubble_fraction(stages: int, microbatches: int, virtual: int = 1) -> float:
+    """Idle fraction of a balanced pipeline schedule: ``(p - 1) / (v m + p - 1)``."""
+    _check(stages, microbatches, virtual)
+    p, m, v = stages, microbatches, virtual
+    return (p - 1) / (v * m + p - 1)
+
+
+def _check(stages: int, microbatches: int, virtual: int) -> None:
+    for name, val in (("stages", stages), ("microbatches", microbatches), ("virtual", virtual)):
+        if not isinstance(val, int) or val < 1:
+            raise ValueError(f"pipeline {name} must be a positive int, got {val!r}")
+
+
+@dataclass(frozen=True)
+class ScheduleTime:
+    seconds: float              # the schedule (fill, steady state, drain), without the once-per-step work
+    busy_seconds: float         # the slowest stage's own forward+backward over all microbatches
+    bubble_seconds: float       # idle time of that stage, waiting for other stages' compute
+    p2p_exposed_seconds: float  # transfers on the critical path (fill and drain)
+
+    @property
+    def bubble_fraction(self) -> float:
+        return self.bubble_seconds / self.seconds if self.seconds else 0.0
+
+
+def schedule_seconds(stage_forward_s: Sequence[float], stage_backward_s: Sequence[float], microbatches: int,
+                     schedule: str = "1f1b", virtual: int = 1, p2p_s: float = 0.0) -> ScheduleTime:
+    """Time of one pipelined step for per-microbatch stage times (one entry per device's stage).
+
+    Balanced stages give ``(m + p - 1) * (t_f + t_b)`` for GPipe / 1F1B and
+    ``(m + (p - 1) / v) * (t_f + t_b)`` interleaved; unbalanced ones are paced by the slowest stage in
+    the steady state, and the fill/drain pass through every stage once.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown pipeline schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    p = len(stage_forward_s)
+    if p == 0 or len(stage_backward_s) != p:
+        raise ValueError(f"need one forward and one backward time per stage, got {len(stage_forward_s)} and "
+                         f"{len(stage_backward_s)}")
+    v = virtual if schedule == "interleaved" else 1
+    _check(p, microbatches, v)
+    if schedule != "interleaved" and virtual != 1:
+        raise ValueError(f"virtual={virtual} needs schedule 'interleaved', got {schedule!r}")
+    if schedule == "interleaved" and microbatches % p:
+        raise ValueError(f"interleaved 1F1B needs microbatches ({microbatches}) divisible by stages ({p})")
+    m = microbatches
+    per = [f + b for f, b in zip(stage_forward_s, stage_backward_s)]
+    slowest = max(per)
+    # steady state: m slots of the slowest stage (a send that outlasts the compute paces it instead)
+    steady = m * max(slowest, p2p_s)
+    # fill + drain: every other stage's work once, in 1/v-sized chunks when interleaved
+    ramp = (sum(per) - slowest) / v if p > 1 else 0.0
+    p2p_exposed = 2 * (p - 1) * v * p2p_s if p > 1 else 0.0
+    total = steady + ramp + p2p_exposed
+    busy = m * slowest
+    return ScheduleTime(seconds=total, busy_seconds=busy, bubble_seconds=total - busy - p2p_exposed,
+                        p2p_exposed_seconds=p2p_exposed)
+
+
+# -- a program on a pipeline ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PipelineEstimate:
+    """A pipelined training step on one device of the slowest stage."""
+
+    stages: int
+    microbatches: int
+    schedule: str
+    virtual: int
+    stage_forward_s: tuple[float, ...]      # per microbatch
+    stage_backward_s: tuple[float, ...]
+    step_extra_s: float                     # once per step on the slowest stage: optimizer + gradient reduction
+    p2p_s: float                            # one boundary transfer (activations of one microbatch)
+    p2p_bytes: float
+    schedule_time: ScheduleTime
+    memory_per_device_bytes: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def seconds(self) -> float:
+        return self.schedule_time.seconds + self.step_extra_s
+
+    @property
+    def bubble_seconds(self) -> float:
+        return self.schedule_time.bubble_seconds
+
+    @property
+    def bubble_fraction(self) -> float:
+        return self.schedule_time.bubble_seconds / self.seconds if self.seconds else 0.0
+
+    def table(self) -> str:
+        rows = [["schedule", f"{self.schedule} p={self.stages} m={self.microbatches} v={self.virtual}"],
+                ["step time", fmt_seconds(self.seconds)], ["  bubble", f"{fmt_seconds(self.bubble_seconds)} "
+                                                                      f"({self.bubble_fraction:.1%})"],
+                ["  transfers exposed", fmt_seconds(self.schedule_time.p2p_exposed_seconds)],
+                ["  optimizer + grad sync", fmt_seconds(self.step_extra_s)],
+                ["stage fwd+bwd / microbatch", ", ".join(fmt_seconds(f + b) for f, b in
+                                                         zip(self.stage_forward_s, self.stage_backward_s))],
+                ["boundary transfer", f"{fmt_bytes(self.p2p_bytes)} in {fmt_seconds(self.p2p_s)}"],
+                ["memory per device", fmt_bytes(self.memory_per_device_bytes)]]
+        return tabulate(rows, tablefmt="plain") + ("\n" + "\n".join(self.notes) if self.notes else "")
+
+
+def block_of(layer: str) -> int | None:
+    """Index of the repeated block a layer path belongs to (``GPT2/h_3/mlp`` -> 3), or None."""
+    for part in layer.split("/"):
+        m = _BLOCK.match(part)
+        if m and part not in ("(top)",) and not part.isdigit():
+            return int(m.group(1))
+    return None
+
+
+def price_pipeline(estimate, target: Any, stages: int, microbatches: int, schedule: str = "1f1b",
+                   virtual: int = 1, blocks: int | None = None, stage_stride: int = 1,
+                   job_devices: int = 0, microbatch_scale: float = 1.0,
+                   step_axes: Sequence[str] = ("data",)) -> PipelineEstimate:
+    """Price a pipelined step from the per-device ``Estimate`` of one microbatch.
+
+    **Arguments**
+    - ``estimate``: ``explorer.estimate`` of the microbatch program (sharded over the other axes).
+    - ``stages``, ``microbatches``, ``schedule`` (gpipe | 1f1b | interleaved), ``virtual`` (chunks per device).
+    - ``blocks``: the real model's number of identical blocks when the program was built with fewer.
+    - ``stage_stride``: devices per stage (the pipeline axis is outermost), ``job_devices``: all devices.
+    - ``microbatch_scale``: factor on forward/backward times (``1/m`` when the program holds the whole batch
+      rather than one microbatch: linear scaling, small-batch efficiency losses ignored).
+    - ``step_axes``: data-parallel mesh axes. Inserted reductions over them (gradient all-reduce /
+      reduce-scatter) run once per step, after the flush; gathers over them (FSDP weights) run once per
+      microbatch at full size (``microbatch_scale`` does not shrink a weight).
+    """
+    _check(stages, microbatches, virtual)
+    v = virtual if schedule == "interleaved" else 1
+    notes: list[str] = []
+    rows = estimate.kernels
+    present = sorted({b for b in (block_of(k.layer) for k in rows) if b is not None})
+    n_prog = len(present)
+    n_real = blocks or n_prog
+    if n_prog == 0:
+        notes.append("no repeated blocks found: stages split the kernels in program order")
+    chunks = stages * v
+    if n_real % chunks:
+        notes.append(f"{n_real} blocks over {chunks} chunks: stages are uneven")
+    per_block = {"forward": 0.0, "backward": 0.0}
+    first = {"forward": 0.0, "backward": 0.0}
+    last = {"forward": 0.0, "backward": 0.0}
+    once = 0.0
+    first_block = present[0] if present else 0
+    for k in rows:
+        t = k.seconds
+        kind = _row_kind(k, tuple(step_axes))
+        if kind == "step" or k.phase not in ("forward", "backward"):
+            once += t
+            continue
+        t = t if kind == "weights" else t * microbatch_scale
+        b = block_of(k.layer)
+        if b is not None and n_prog:
+            per_block[k.phase] += t / n_prog
+        elif _before_blocks(k, first_block):
+            first[k.phase] += t
+        else:
+            last[k.phase] += t
+    once -= estimate.hidden_comm_seconds
+    if n_real != n_prog and n_prog:
+        notes.append(f"per-block time measured on {n_prog} blocks, scaled to {n_real}")
+    per_stage_blocks = [len(_blocks_of_stage(s, stages, v, n_real)) for s in range(stages)]
+    fwd, bwd = [], []
+    for s in range(stages):
+        f = per_block["forward"] * per_stage_blocks[s]
+        b = per_block["backward"] * per_stage_blocks[s]
+        if s == 0:
+            f, b = f + first["forward"], b + first["backward"]
+        if s == stages - 1:
+            f, b = f + last["forward"], b + last["backward"]
+        fwd.append(f)
+        bwd.append(b)
+    # the optimizer and gradient sync of the blocks scale with the blocks a stage holds
+    step_extra = once * (max(per_stage_blocks) / n_real if n_real else 1.0)
+    p2p_bytes = _boundary_bytes(estimate) * microbatch_scale
+    p2p_s = collective_time(target, "collective_permute", p2p_bytes, 2, max(1, stage_stride),
+                            job_devices or stage_stride * stages).seconds if stages > 1 and p2p_bytes else 0.0
+    st = schedule_seconds(fwd, bwd, microbatches, schedule, v, p2p_s)
+    memory = _stage_memory(estimate, stages, microbatches, schedule, v, n_prog, n_real, max(per_stage_blocks))
+    return PipelineEstimate(stages=stages, microbatches=microbatches, schedule=schedule, virtual=v,
+                            stage_forward_s=tuple(fwd), stage_backward_s=tuple(bwd), step_extra_s=step_extra,
+                            p2p_s=p2p_s, p2p_bytes=p2p_bytes, schedule_time=st, memory_per_device_bytes=memory,
+                            notes=tuple(notes))
+
+
+def _row_kind(k, step_axes: tuple[str, ...]) -> str:
+    """"step": a gradient reduction over data-parallel axes (once per step); "weights": a gather of weights over
+    them (once per microbatch, full size); "scaled": everything else (per microbatch, sized by it)."""
+    if k.ops or "{" not in k.name or not k.name.endswith("}"):
+        return "scaled"
+    kind, axes = k.name[:-1].split("{", 1)
+    if not axes or not set(axes.split(",")) <= set(step_axes):
+        return "scaled"
+    if kind in ("all_reduce", "reduce_scatter") and k.phase in ("backward", "optimizer", "other"):
+        return "step"
+    if kind == "all_gather":
+        return "weights"
+    return "scaled"
+
+
+def _blocks_of_stage(stage: int, stages: int, v: int, blocks: int) -> list[int]:
+    """Blocks held by a device: chunks stage, stage + p, ... of ``blocks / (p v)`` consecutive blocks."""
+    chunks = stages * v
+    bounds = [round(i * blocks / chunks) for i in range(chunks + 1)]
+    out: list[int] = []
+    for c in range(stage, chunks, stages):
+        out.extend(range(bounds[c], bounds[c + 1]))
+    return out
+
+
+def _before_blocks(k, first_block: int) -> bool:
+    """Embedding-side work: a forward kernel whose layer is not a block and comes before the blocks in name
+    order is impossible to tell from the row alone; the embedding layers are recognised by name."""
+    name = k.layer.lower()
+    return any(s in name for s in ("embed", "wte", "wpe", "tok", "pos"))
+
+
+def _boundary_bytes(estimate) -> float:
+    """Per-device bytes of the activations crossing from one block to the next (largest boundary)."""
+    program, plan = estimate._program, estimate._plan
+    if program is None:
+        return 0.0
+    graph = program.graph
+    block_of_op = {}
+    for op in graph.ops:
+        phase, layer, _ = names.parse(op.name_stack)
+        if phase == "forward":
+            b = block_of(layer)
+            if b is not None:
+                block_of_op[op.id] = b
+    users = graph.consumers()
+    crossing: dict[int, float] = {}
+    for oid, b in block_of_op.items():
+        for r in graph.ops[oid].results:
+            if any(block_of_op.get(u, -1) == b + 1 for u in users.get(r, ())):
+                crossing[b] = crossing.get(b, 0.0) + (plan.nbytes(program, r) if plan is not None
+                                                      else graph.values[r].nbytes)
+    return max(crossing.values(), default=0.0)
+
+
+def _stage_memory(estimate, stages: int, m: int, schedule: str, v: int, n_prog: int, n_real: int,
+                  stage_blocks: int) -> float:
+    """Per-device memory of the fullest stage: its share of the blocks' state (parameters, optimizer state, by
+    input name) plus the embedding / head state, plus in-flight microbatches' activations (GPipe holds all m,
+    1F1B at most p on the first stage)."""
+    program, plan = estimate._program, estimate._plan
+    peak = float(estimate.peak_memory_bytes)
+    if program is None:
+        return peak
+    graph = program.graph
+    block_state = other_state = 0.0
+    for v_, name in zip(graph.inputs, graph.input_names):
+        b = (plan.nbytes(program, v_) if plan is not None else graph.values[v_].nbytes)
+        path = path_of(name)
+        if path and block_of(path[0]) is not None:
+            block_state += b
+        else:
+            other_state += b
+    acts = max(0.0, peak - block_state - other_state)
+    scale = n_real / n_prog if n_prog else 1.0
+    share = stage_blocks / n_real if n_real else 1.0 / stages
+    in_flight = m if schedule == "gpipe" else min(m, stages)
+    # the blocks' state and activations scale with the blocks a stage holds; embedding / head state sits on
+    # one stage (the first or last) whole
+    return block_state * scale * share + other_state + acts * scale * share * in_flight

@@ -1,0 +1,163 @@
+"""Pricing one plan on N target variants at once, as numpy arrays (the vectorised path of ``sweep``).
+
+The passes run once; each distinct kernel's work is priced once with the variants' figures as arrays
+(``explorer.model.variants.ArrayTarget``), and the totals are summed in ``Estimate``'s own order, so every
+variant's row equals ``price`` on that variant bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from passes.fusion import kernels_of
+
+from ..model import timing
+from ..model.traffic import link_copy_time, traffic_by_level, transfer_time
+from ..model.variants import ArrayTarget, Sections
+from .price import price
+
+COST_COLUMNS = ("tdp_w", "price_usd", "die_area_mm2")
+
+
+_COMPENSATED_SUM = sum([1e100, 1.0, -1e100]) == 1.0   # Python >= 3.12: sum() of floats is Neumaier-compensated
+
+
+def builtin_sum_rows(values: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """``sum(values[i] for i in order)`` per column, as Python's ``sum()`` of floats computes it on this
+    interpreter (plain left-to-right, or Neumaier-compensated from 3.12), so totals match ``Estimate`` bit for bit.
+    Rows equal to -0.0 stand for skipped items (x + -0.0 == x exactly)."""
+    acc = np.zeros(values.shape[1:])
+    if not _COMPENSATED_SUM:
+        for i in order:
+            acc += values[i]
+        return acc
+    comp = np.zeros_like(acc)
+    for i in order:
+        x = values[i]
+        t = acc + x
+        comp += np.where(np.abs(acc) >= np.abs(x), (acc - t) + x, (x - t) + acc)
+        acc = t
+    return np.where((comp != 0) & np.isfinite(comp), acc + comp, acc)
+
+
+def plain_sum_rows(start: np.ndarray | float, values: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """``total = start; for i in order: total += values[i]`` per column (left to right)."""
+    acc = np.array(np.broadcast_to(start, values.shape[1:]), dtype=float)
+    for i in order:
+        acc += values[i]
+    return acc
+
+
+def price_variants(program, base, plan, knob_columns: Mapping[str, np.ndarray], n: int,
+                   chunk: int = 4096) -> dict[str, np.ndarray]:
+    """Price ``plan`` on every variant at once; columns as ``row_of`` gives them for one estimate."""
+    est = price(program, base, plan)        # the knob-independent figures (flops, peak memory, ...)
+    items, order = _priced_items(program, base, plan)
+    sections = Sections(base, knob_columns, n)
+    out: dict[str, list[np.ndarray]] = {}
+    for lo in range(0, n, chunk):
+        rows = slice(lo, min(lo + chunk, n))
+        part = _price_chunk(items, order, ArrayTarget(sections, rows), rows.stop - rows.start, est)
+        for k, v in part.items():
+            out.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One distinct row of ``estimate.price``: how to time it, its executions, whether it may overlap."""
+
+    time: Callable[[ArrayTarget], timing.KernelTime]
+    runs: float
+    overlappable: bool = False
+    bound: int = -1          # forced bound (an index into timing.BOUNDS); -1: from the times
+
+
+def _priced_items(program, base, plan) -> tuple[list[_Item], list[int]]:
+    """The rows ``estimate.price`` makes, in its order (kernels, inserted work, transfers), as distinct
+    items (identical kernels, e.g. the same layer repeated, are timed once) and the order they occur in."""
+    index: dict[Any, int] = {}
+    items: list[_Item] = []
+    order: list[int] = []
+
+    def add(key, item: _Item) -> None:
+        key = (key, item.runs, item.overlappable, item.bound)
+        if key not in index:
+            index[key] = len(items)
+            items.append(item)
+        order.append(index[key])
+
+    kernels = kernels_of(program, plan)
+    main = base.main_memory.name
+    for kern in kernels:
+        works = tuple(w for w in (plan.work(program, o) for o in kern.ops) if w is not None)
+        runs = program.weights[kern.ops[0]]
+        if runs == 0:
+            continue
+        traffic = traffic_by_level(base, plan.placement, kern)
+        add(("kernel", works, tuple(traffic.items())),
+            _Item(lambda at, works=works, traffic=traffic: timing.kernel_time(at, works, traffic), runs))
+    for extra in plan.extra_kernels:
+        runs = program.weights[extra.after_op] if extra.after_op >= 0 else 1.0
+        if runs == 0:
+            continue
+        w, nbytes, link = extra.work, extra.work.bytes_accessed, extra.link
+        time = ((lambda at, link=link, nbytes=nbytes: link_copy_time(at, link, nbytes)) if link
+                else (lambda at, w=w, nbytes=nbytes: timing.kernel_time(at, [w], {main: nbytes})))
+        add(("extra", w, link), _Item(time, runs, extra.overlappable))
+    for level_name, nbytes in sorted(plan.transfer_bytes.items()):
+        add(("transfer", level_name, nbytes),
+            _Item(lambda at, lvl=level_name, nb=nbytes: transfer_time(at, lvl, nb), 1.0, bound=1))
+    return items, order
+
+
+def _price_chunk(items: list[_Item], order: list[int], at: ArrayTarget, n: int, est) -> dict[str, np.ndarray]:
+    """The estimate's totals for ``n`` variants, summed over the rows in ``order`` exactly as ``Estimate`` sums them."""
+    times = [it.time(at) for it in items]
+
+    def stack(field: str) -> np.ndarray:
+        return np.stack([np.broadcast_to(np.asarray(getattr(t, field), dtype=float), (n,)) for t in times]) \
+            if times else np.zeros((0, n))
+
+    c, m, comm, o = stack("compute_s"), stack("memory_s"), stack("comm_s"), stack("overhead_s")
+    runs = np.array([it.runs for it in items], dtype=float).reshape(-1, 1)
+    overl = np.array([it.overlappable for it in items], dtype=bool).reshape(-1, 1)
+    forced = np.array([it.bound for it in items], dtype=int).reshape(-1, 1)
+    body = np.maximum(np.maximum(c, m), comm)
+    bound = np.where(forced >= 0, forced, timing.bound_codes(c, m, comm, o))
+    seconds_k = (body + o) * runs                                            # KernelRow.seconds
+    skip = -0.0                                                              # x + -0.0 == x: a skipped item
+    hidden_comm_k = np.where(overl & (bound == 2), comm * runs, skip)
+    hidden_compute_k = np.where(~overl & (bound == 0), seconds_k, skip)
+    # Estimate._attributed: a kernel's body time goes to its winner; kernels with no body are skipped
+    winner = np.where((comm == body) & (comm > 0), 2, np.where(c >= m, 0, 1))
+    attributed = np.where(body == 0, skip, body * runs)
+    summed = builtin_sum_rows(np.stack([seconds_k, hidden_comm_k, hidden_compute_k, o * runs], axis=1), order)
+    total, overlappable, compute_bound, overhead = summed
+    hidden = np.minimum(overlappable, compute_bound)
+    parts_cm = plain_sum_rows(0.0, np.stack([np.where(winner == 0, attributed, skip),
+                                             np.where(winner == 1, attributed, skip)], axis=1), order)
+    comm_total = plain_sum_rows(-hidden, np.where(winner == 2, attributed, skip), order)
+    seconds = total - hidden
+    parts = {"compute": parts_cm[0], "memory": parts_cm[1], "communication": comm_total, "overhead": overhead}
+    # Estimate.bound: the largest part, ties to the alphabetically last name
+    names = sorted(parts, reverse=True)
+    bound_total = np.array(names, dtype=object)[np.argmax(np.stack([parts[k] for k in names]), axis=0)]
+    peak = np.broadcast_to(at.matrix_rate("bf16"), (n,))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mfu = np.where(seconds != 0, est.flops / (seconds * peak), 0.0)
+    fits = np.broadcast_to(est.peak_memory_bytes <= np.asarray(at.main_memory.capacity_bytes), (n,))
+    for lvl, lvl_peak in est.memory_peaks:
+        fits = fits & (lvl_peak <= np.asarray(at.memory_level(lvl).capacity_bytes))
+    cols = {"seconds": seconds, "compute_seconds": parts["compute"], "memory_seconds": parts["memory"],
+            "comm_seconds": parts["communication"], "overhead_seconds": parts["overhead"], "bound": bound_total,
+            "mfu": mfu, "fits_in_memory": np.array(fits, dtype=bool),
+            "flops": np.full(n, est.flops), "bytes_accessed": np.full(n, est.bytes_accessed),
+            "kernels": np.full(n, est.num_kernels, dtype=np.int64),
+            "peak_memory_bytes": np.full(n, est.peak_memory_bytes, dtype=np.int64)}
+    for c_name in COST_COLUMNS:
+        v = at.top(c_name)
+        cols[c_name] = np.array(np.broadcast_to(np.asarray(v, dtype=object if v is None else float), (n,)))
+    return cols

@@ -1,0 +1,102 @@
+"""The ``shard`` pass: named parallelism strategies on a mesh, or the shardings JAX already wrote."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..pipeline import register
+from ..plan import ExtraKernel, Plan
+from .propagate import Inserted, ShardingResult, propagate
+from .read import read
+from .spec import Mesh
+from .strategies import DATA_ROOTS, Strategy, layouts, parse_axes, parse_mesh_text, parse_pins
+
+@register
+@dataclass(frozen=True)
+class Shard:
+    """Options: ``mesh`` ("data=4.model=2"; empty: the program's own shardings), axes for ``dp``, ``fsdp``,
+    ``tp``, ``cp``, ``ep`` ("+"-joined for several), ``sp`` (Megatron sequence parallelism), ``zero1``
+    (optimizer state split over the dp axes),
+    ``data`` (argument roots holding the batch, "+"-joined), ``pins`` ("PATTERN=DIMS;...", DIMS like
+    ``_:model``)."""
+
+    name = "shard"
+    mesh: str = ""
+    dp: str = ""
+    fsdp: str = ""
+    tp: str = ""
+    sp: bool = False
+    zero1: bool = False
+    cp: str = ""
+    ep: str = ""
+    data: str = ""
+    pins: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mesh:
+            m = parse_mesh_text(self.mesh)
+            for a in self.strategy().axes():
+                m.size(a)
+        elif any((self.dp, self.fsdp, self.tp, self.cp, self.ep, self.pins, self.sp, self.zero1)):
+            raise ValueError("strategies (dp/fsdp/tp/cp/ep/sp/zero1/pins) need a mesh, e.g. mesh=data=4.model=2")
+        parse_pins(self.pins)
+
+    def strategy(self) -> Strategy:
+        return Strategy(dp=parse_axes(self.dp), fsdp=parse_axes(self.fsdp), tp=parse_axes(self.tp), sp=self.sp,
+                        zero1=self.zero1, cp=parse_axes(self.cp), ep=parse_axes(self.ep),
+                        data_roots=parse_axes(self.data) or DATA_ROOTS, pins=parse_pins(self.pins))
+
+    def describe(self) -> str:
+        """The strategy in one line (``dp=data,tp=model,sp``), or ``program shardings``."""
+        return self.strategy().describe() if self.mesh else "program shardings"
+
+    def alternatives(self) -> list["Shard"]:
+        """Single-strategy variants over the same mesh (the search module enumerates meshes too)."""
+        if not self.mesh:
+            return [self]
+        axes = parse_mesh_text(self.mesh).names
+        out = []
+        for a in axes:
+            for kind in ("dp", "fsdp", "tp"):
+                out.append(Shard(mesh=self.mesh, **{kind: a}))
+        return out
+
+    def analyse(self, program, target: Any = None) -> ShardingResult:
+        """The partitioner's decisions (layouts, collectives, per-device work) without building a plan."""
+        if self.mesh:
+            mesh = parse_mesh_text(self.mesh)
+            lay = layouts(program.graph, mesh, self.strategy())
+            res = propagate(program, mesh, lay.inputs, lay.outputs, lay.pinned, target=target,
+                            scatter_partials=parse_axes(self.tp) if self.sp else ())
+            return _with_notes(res, lay.notes)
+        found = read(program.graph)
+        if found.form == "none":
+            res = propagate(program, Mesh(()), {}, {}, {}, target=target)
+            return _with_notes(res, ("no shardings in the program and no mesh given: one device",))
+        return propagate(program, found.mesh, found.inputs, found.outputs, {}, found.constraints, target=target)
+
+    def run(self, program, plan: Plan, target) -> Plan:
+        res = self.analyse(program, target)
+        return plan.with_(work_overrides={**(plan.work_overrides or {}), **res.works},
+                          value_bytes={**(plan.value_bytes or {}), **res.value_bytes},
+                          extra_kernels=plan.extra_kernels + collective_kernels(res),
+                          notes=plan.notes + tuple(f"shard: {n}" for n in res.notes)
+                          + (f"shard: mesh {res.mesh}, {len(res.collectives)} collectives",))
+
+
+def collective_kernels(res: ShardingResult) -> tuple[ExtraKernel, ...]:
+    return tuple(_kernel(c) for c in res.collectives)
+
+
+def _kernel(c: Inserted) -> ExtraKernel:
+    return ExtraKernel(name=f"{c.kind}{{{','.join(c.axes)}}}", work=c.work(), after_op=c.after_op,
+                       layer=c.layer, phase=c.phase, overlappable=c.overlappable)
+
+
+def _with_notes(res: ShardingResult, notes) -> ShardingResult:
+    return replace(res, notes=tuple(notes) + res.notes)
+
+
+def shard_program(program, target: Any = None, **options) -> ShardingResult:
+    """``Shard(**options).analyse(program, target)``: e.g. ``shard_program(p, mesh="data=4", fsdp="data")``."""
+    return Shard(**options).analyse(program, target)
