@@ -11,6 +11,8 @@ This module is the public API, the top of the stages ``docs/architecture.md`` de
 """
 from __future__ import annotations
 
+from .graph import environment as _environment  # noqa: F401  (first: JAX starts quietly without accelerators)
+
 from passes.pipeline import DEFAULT_PIPELINE, default_pipeline
 
 from .costs import Program

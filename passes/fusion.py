@@ -12,6 +12,10 @@ Strategies:
 - ``aggressive``: as ``xla``, and also chains through matmuls (e.g. attention as one
   kernel) and through reductions; an intermediate larger than the target's on-chip
   capacity spills (written and read back once).
+- ``compiled``: the kernels a compiler already chose, for a program imported from its optimized
+  module (``explorer.lower(..., compiler="xla")``): each top-level fusion (with the fusions nested
+  in it) is one kernel, each async collective start one overlappable kernel, and every other op
+  that launches a kernel (a library call, a copy, a synchronous collective) its own.
 
 A fused kernel's traffic is only what crosses its boundary (plus spills); its compute is
 the sum of its ops; it pays one launch overhead. Fusion never crosses a loop or branch
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable
+
+from explorer.graph.importer import GROUPING_OPS
 
 from .pipeline import register
 from .plan import Kernel, Plan
@@ -40,6 +46,8 @@ _PARTIAL_READERS = frozenset({"stablehlo.dynamic_slice", "stablehlo.slice", "sta
 _IN_PLACE_ROOTS = frozenset({"stablehlo.dynamic_update_slice", "stablehlo.scatter"})
 
 Edge = tuple[int, int]
+STRATEGIES = ("none", "xla", "aggressive", "compiled")
+_ASYNC_STARTS = frozenset({"stablehlo.async_start", "mhlo.async_start"})
 
 
 def op_class(program, oid: int) -> str:
@@ -118,8 +126,8 @@ class Fuse:
     force: str = ""
 
     def __post_init__(self):
-        if self.strategy not in ("none", "xla", "aggressive"):
-            raise ValueError(f"strategy must be none, xla or aggressive, got {self.strategy!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         parse_edges(self.forbid)
         parse_edges(self.force)
 
@@ -139,11 +147,15 @@ class Fuse:
 
     # -- entry point --------------------------------------------------------------
     def run(self, program, plan: Plan, target) -> Plan:
+        if self.strategy == "compiled":
+            return plan.with_(kernels=compiled_kernels(program, plan))
         groups, _ = self._fuse(program, target)
         kernels = build_kernels(program, groups, target, spill=self.strategy == "aggressive", plan=plan)
         return plan.with_(kernels=kernels)
 
     def _fuse(self, program, target) -> tuple[list[list[int]], set[Edge]]:
+        if self.strategy == "compiled":
+            return compiled_groups(program), set()
         graph = program.graph
         live = [op.id for op in graph.ops if program.works[op.id] is not None and program.weights[op.id] > 0]
         cls = {o: op_class(program, o) for o in live}
@@ -421,7 +433,8 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
         reads: dict[int, float] = {}
         for o in members:
             op = graph.ops[o]
-            w = plan.work(program, o)
+            if op.name in GROUPING_OPS:
+                continue   # a fusion's reads are its ops' reads (a sliced operand is read only in part)
             for i, v in enumerate(op.operands):
                 p = graph.producers.get(v)
                 if p is not None and p in mset:
@@ -495,3 +508,45 @@ def kernels_of(program, plan: Plan) -> tuple[Kernel, ...]:
     if "_default_kernels" not in program.__dict__:
         program.__dict__["_default_kernels"] = default_kernels(program)
     return program.__dict__["_default_kernels"]
+
+
+# -- a compiler's own kernels ------------------------------------------------------------------------
+def compiled_groups(program) -> list[list[int]]:
+    """The kernels of a compiler's optimized module: each top-level grouping op (fusion, async start) with
+    every op nested in its regions; every other op that launches a kernel on its own. Ops that never run
+    (a branch not counted) are left out, as in the other strategies."""
+    graph = program.graph
+    nested: set[int] = set()
+    for op in graph.ops:
+        if op.name in GROUPING_OPS:
+            nested.update(o for region in op.regions for o in region)
+    if not any(op.name in GROUPING_OPS for op in graph.ops):
+        raise ValueError(f"{graph.name}: fuse{{strategy=compiled}} needs a compiler's optimized module (no fusion "
+                         "ops here); import it with explorer.lower(fn, *args, compiler='xla', target=...)")
+    groups: list[list[int]] = []
+    for op in graph.ops:
+        if op.id in nested or program.weights[op.id] == 0 or program.works[op.id] is None:
+            continue
+        if op.name in GROUPING_OPS:
+            members, stack = [op.id], [o for region in op.regions for o in region]
+            while stack:
+                o = stack.pop()
+                members.append(o)
+                stack.extend(x for region in graph.ops[o].regions for x in region)
+            groups.append(sorted(members))
+        elif program.works[op.id].launches_kernel and not op.regions:
+            groups.append([op.id])
+    return groups
+
+
+def compiled_kernels(program, plan: Plan) -> tuple[Kernel, ...]:
+    """``compiled_groups`` priced at their boundaries; async collectives marked overlappable."""
+    graph = program.graph
+    kernels = []
+    for kern in build_kernels(program, compiled_groups(program), plan=plan):
+        lead = graph.ops[kern.ops[0]]
+        if lead.name in _ASYNC_STARTS:
+            kern = Kernel(ops=kern.ops, reads=kern.reads, writes=kern.writes, spill_bytes=kern.spill_bytes,
+                          kind="async", overlappable=True)
+        kernels.append(kern)
+    return tuple(kernels)

@@ -14,12 +14,15 @@ import pkgutil
 import sys
 from typing import Any, Sequence
 
+from explorer.graph.importer import GROUPING_OPS
+
 from .plan import Plan
 from .verify import verify_plan
 
 _PASSES: dict[str, type] = {}
 _INFRA = {"passes.plan", "passes.pipeline", "passes.verify"}
 DEFAULT_PIPELINE = "fuse{strategy=xla}"
+COMPILED_PIPELINE = "fuse{strategy=compiled}"
 
 
 class PassError(RuntimeError):
@@ -47,9 +50,22 @@ def _discover() -> None:
             importlib.import_module(m)
 
 
-def default_pipeline() -> str:
-    """The pipeline ``explorer.estimate`` uses unless told otherwise (XLA-like fusion)."""
-    return DEFAULT_PIPELINE if "fuse" in available() else ""
+def default_pipeline(program=None) -> str:
+    """The pipeline ``explorer.estimate`` uses unless told otherwise: XLA-like fusion, or, for a program a
+    compiler already fused (``explorer.lower(..., compiler="xla")``), the compiler's own kernels."""
+    if "fuse" not in available():
+        return ""
+    if program is not None and is_compiled(program):
+        return COMPILED_PIPELINE
+    return DEFAULT_PIPELINE
+
+
+def is_compiled(program) -> bool:
+    """Whether the program is a compiler's optimized module (its kernels are fusion / async-start ops)."""
+    hit = program.__dict__.get("_is_compiled")
+    if hit is None:
+        hit = program.__dict__["_is_compiled"] = any(op.name in GROUPING_OPS for op in program.graph.ops)
+    return hit
 
 
 def available() -> dict[str, type]:

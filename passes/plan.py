@@ -24,7 +24,8 @@ class Kernel:
     reads: tuple[tuple[int, float], ...]     # (value id, bytes) read from memory per execution
     writes: tuple[tuple[int, float], ...]    # (value id, bytes) written to memory per execution
     spill_bytes: float = 0.0
-    kind: str = "loop"      # "loop", "input" (reduction), "output" (matmul + epilogue), "single"
+    kind: str = "loop"      # "loop", "input" (reduction), "output" (matmul + epilogue), "single", "async"
+    overlappable: bool = False   # may run concurrently with independent compute (a compiler's async collective)
 
     @property
     def bytes_in(self) -> float:

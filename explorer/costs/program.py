@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+import numpy as np
+
 from ..graph.ir import Graph, LoopInfo
 from .registry import find_rule, rule_key
 from .work import Work
@@ -39,10 +41,14 @@ class Program:
     branch_choice: Mapping[int, int]          # case op id -> branch counted
     unknown_ops: Mapping[str, int]            # op name (custom_call:target) -> executions-free count of ops
     lowered: Any = field(default=None, compare=False, repr=False)
+    # where the program came from when a compiler made it (``explorer.frontend.xla``): the compiler, the target it
+    # compiled for, the compiler's own reports (memory analysis, cost analysis); empty for a JAX lowering
+    origin: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
 
     # -- construction ---------------------------------------------------------
     @classmethod
-    def from_graph(cls, graph: Graph, trip_counts: Mapping[int, int] | None = None, lowered: Any = None) -> "Program":
+    def from_graph(cls, graph: Graph, trip_counts: Mapping[int, int] | None = None, lowered: Any = None,
+                   origin: Mapping[str, Any] | None = None) -> "Program":
         works: list[Work | None] = []
         unknown: Counter[str] = Counter()
         for op in graph.ops:
@@ -60,20 +66,28 @@ class Program:
         trips: dict[int, int | None] = {lp.op_id: lp.trip_count for lp in graph.loops}
         for key, n in (trip_counts or {}).items():
             oid = _loop_id(graph, key)
-            if not isinstance(n, int) or n < 0:
-                raise ValueError(f"trip count for loop {key!r} must be a non-negative int, got {n!r}")
-            trips[oid] = n
+            trips[oid] = _trip_count(graph, oid, key, n)
         weights, choice = _weights(graph, works, trips)
-        return cls(graph=graph, works=tuple(works), weights=tuple(weights),
+        return cls(origin=MappingProxyType(dict(origin or {})), graph=graph, works=tuple(works), weights=tuple(weights),
                    trip_counts=MappingProxyType(trips), branch_choice=MappingProxyType(choice),
                    unknown_ops=MappingProxyType(dict(sorted(unknown.items()))), lowered=lowered)
 
     def with_trip_counts(self, counts: Mapping[int | str, int]) -> "Program":
-        """A copy with user-supplied trip counts, keyed by loop op id or by the loop's name stack."""
+        """A copy with user-supplied trip counts, keyed by loop op id or by the loop's name stack.
+
+        A count is a non-negative integer (``int`` or a numpy integer); ``True`` / ``False``, floats and
+        anything else are refused with an error naming the loop and the value."""
         merged = {k: v for k, v in self.trip_counts.items() if v is not None}
         for key, n in counts.items():
-            merged[_loop_id(self.graph, key)] = n
-        return Program.from_graph(self.graph, merged, lowered=self.lowered)
+            oid = _loop_id(self.graph, key)
+            merged[oid] = _trip_count(self.graph, oid, key, n)
+        return Program.from_graph(self.graph, merged, lowered=self.lowered, origin=self.origin)
+
+    def __repr__(self) -> str:
+        # short: the default dataclass repr prints every op and weight (megabytes on a train step)
+        return (f"Program({self.graph.name!r}, {self.num_ops:,} ops, {self.flops:.4g} flops, "
+                f"{self.bytes_accessed:.4g} bytes unfused, {_unknown_text(self.unknown_ops)}, "
+                f"{len(self.unknown_loops)} unknown loops)")
 
     # -- totals ---------------------------------------------------------------
     def _sum(self, attr: str) -> float:
@@ -132,6 +146,24 @@ class Program:
             "loops": [{"name": lp.name_stack, "trip_count": self.trip_counts.get(lp.op_id), "how": lp.reason}
                       for lp in self.graph.loops],
         }
+
+
+def _unknown_text(unknown: Mapping[str, int], show: int = 4) -> str:
+    if not unknown:
+        return "no unknown ops"
+    items = [f"{k} x{v}" for k, v in list(unknown.items())[:show]]
+    more = f", +{len(unknown) - show} more" if len(unknown) > show else ""
+    return f"unknown ops: {', '.join(items)}{more}"
+
+
+def _trip_count(graph: Graph, oid: int, key: Any, n: Any) -> int:
+    """A user-supplied trip count as an ``int``: integers (numpy's too), never bools or floats."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
+        stack = next((lp.name_stack for lp in graph.loops if lp.op_id == oid), "")
+        where = f"loop {key!r} (op {oid}" + (f", {stack})" if stack and key != stack else ")")
+        raise ValueError(f"trip count for {where} must be a non-negative integer, got {n!r} "
+                         f"({type(n).__name__})")
+    return int(n)
 
 
 def _loop_id(graph: Graph, key: int | str) -> int:

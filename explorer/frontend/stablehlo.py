@@ -11,17 +11,33 @@ from typing import Any, Callable
 import jax
 
 from ..costs.program import Program
-from ..graph import importer
+from ..graph import environment, importer
+from . import xla
 
 
-def lower(fn: Callable, *args: Any, **kwargs: Any) -> Program:
+def lower(fn: Callable, *args: Any, compiler: str | None = None, target: Any = None, **kwargs: Any) -> Program:
     """Lower ``fn(*args, **kwargs)`` with ``jax.jit`` and import it.
 
     Arguments may be arrays or ``jax.ShapeDtypeStruct`` pytrees: nothing is
     allocated or run, so a 70B-parameter model imports on a laptop.
+
+    ``compiler="xla"`` with a ``target`` (a ``Target`` or preset name) compiles ``fn`` deviceless with the real
+    XLA for that chip instead and imports the optimized module: XLA's fusions, schedule and SPMD partitioning
+    (``explorer.frontend.xla``; needs the ``xla-gpu`` or ``xla-tpu`` extra). ``compiler`` and ``target`` are
+    therefore not passed on to ``fn``.
     """
+    if compiler is not None:
+        if compiler != "xla":
+            raise ValueError(f"compiler must be 'xla' (or None for JAX's own lowering), got {compiler!r}")
+        if target is None:
+            raise ValueError("compiler='xla' needs a target to compile for, e.g. target='h100_sxm'")
+        return xla.lower_compiled(fn, *args, target=target, **kwargs)
+    if target is not None:
+        raise ValueError("target= is for compiler='xla'; a JAX lowering is target-independent (price it with "
+                         "explorer.estimate(program, target))")
     lowerable = fn if hasattr(fn, "lower") else jax.jit(fn)
-    lowered = lowerable.lower(*args, **kwargs)
+    with environment.quiet_backend_start():
+        lowered = lowerable.lower(*args, **kwargs)
     module = lowered.compiler_ir("stablehlo")
     name = getattr(fn, "__name__", "") or importer_name(module)
     graph = importer.import_module(module, name=name)
@@ -35,11 +51,20 @@ def importer_name(module: Any) -> str:
         return "module"
 
 
-def from_stablehlo(source: str | bytes | Path, name: str = "") -> Program:
-    """Import a StableHLO module from text, bytecode or a file path (``.mlir`` / ``.mlirbc``)."""
+def from_stablehlo(source: str | bytes | Path | Any, name: str = "") -> Program:
+    """Import a StableHLO module: text (``str``), text or bytecode (``bytes``), a file path (``Path`` or a
+    one-line ``str``: ``.mlir`` / ``.mlirbc``), or a ``jax.export`` artifact (an ``Exported``, or its
+    ``mlir_module_serialized`` VHLO bytes).
+
+    A path that names no file is an error naming it (never parsed as module text); a parse error names
+    the file (or ``<string>`` / ``<bytes>``), line and column, with MLIR's diagnostic; ops of
+    unregistered dialects are listed in ``unknown_ops``.
+    """
     path = importer.as_path(source)
     if path is not None:
         name = name or path.stem
-    module = importer.parse_module(source)
+    elif hasattr(source, "mlir_module_serialized"):
+        name = name or getattr(source, "fun_name", "")
+    module = importer.parse_module(source if path is None else path)
     graph = importer.import_module(module, name=name)
     return Program.from_graph(graph)

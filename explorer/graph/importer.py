@@ -9,15 +9,26 @@ What it does, and why:
 - Reducer-style regions (reduce, sort, scatter, all_reduce, ...) are scalar
   computations applied per element: they are not imported as ops, their flops per
   application are stored on the op (``body_flops``) for the cost rules.
+- Any other op with regions is walked generically (every block, as straight-line code).
+- Ops of dialects the MLIR context does not register parse (generic form) and are imported
+  like any op: with no cost rule they are listed as unknown ops by name and count.
+- A function body must be one block (as JAX emits); a multi-block function is refused by name.
+
+Reading: ``parse_module`` (text, bytecode, a path, VHLO portable artifacts from ``jax.export``;
+MLIR diagnostics captured into the error) -> ``import_module`` -> ``_Importer.run``, which walks
+blocks (``walk_block``) and turns each op into an ``Op`` (``import_op``).
 """
 from __future__ import annotations
 
+import io
+import os
+import re
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from jax.extend.mlir import ir
+from jax.extend.mlir import deserialize_portable_artifact, ir
 from jax.extend.mlir.dialects import stablehlo as shlo
 
 from .ir import Frame, Graph, LoopInfo, Op, TensorType, freeze
@@ -31,13 +42,21 @@ _APPLIED_REGION_OPS = frozenset({
     "mhlo.reduce", "mhlo.scatter", "mhlo.sort",
 })
 _BRANCH_OPS = frozenset({"stablehlo.case", "stablehlo.if", "mhlo.case", "mhlo.if"})
+# A compiler's kernels in an optimized module (XLA's fusions, async collectives): the region's ops are the
+# kernel's work, its block arguments are the op's operands and its results are the values the region returns,
+# so the op itself only groups ops (``Op.results`` is empty; readers read the returned values directly).
+GROUPING_OPS = frozenset({"mhlo.fusion", "stablehlo.async_start", "mhlo.async_start"})
+_ASYNC_DONE_OPS = frozenset({"stablehlo.async_done", "mhlo.async_done"})
 _WHILE_OPS = frozenset({"stablehlo.while", "mhlo.while"})
 _TERMINATORS = frozenset({"func.return", "stablehlo.return", "mhlo.return", "sdy.return"})
 _MAX_CALL_DEPTH = 256
 
 
-class ImportError_(ValueError):
-    """A module the importer cannot represent; the message names the op and the reason."""
+class ModuleImportError(ValueError):
+    """A module the importer cannot read or represent; the message names the source, op and reason."""
+
+
+ImportError_ = ModuleImportError   # the historical name
 
 
 def make_context() -> ir.Context:
@@ -47,39 +66,176 @@ def make_context() -> ir.Context:
     return jax_mlir.make_ir_context()
 
 
-def parse_module(source: str | bytes | Path, context: ir.Context | None = None) -> ir.Module:
-    """Parse StableHLO text or bytecode (or a serialized portable artifact) into a module."""
-    ctx = context or make_context()
+# -- reading a module in ------------------------------------------------------------------------
+
+_TEXT_LABEL, _BYTES_LABEL = "<string>", "<bytes>"
+_MLIR_BUFFER = re.compile(r'"-":(\d+):(\d+)')   # MLIR names a parsed buffer "-"
+_MAX_DIAGNOSTICS = 5
+
+
+def read_source(source: Any) -> tuple[str, str | bytes, Path | None]:
+    """``(label, data, path)`` of a module source.
+
+    ``source`` is module text (``str``), text or bytecode (``bytes``), a ``Path`` or a ``str`` naming a
+    file, or a ``jax.export.Exported`` (its ``mlir_module_serialized``). A one-line ``str`` without a
+    ``{`` cannot be module text (every module with a function has a body), so it is read as a path:
+    a missing file is an error naming it, never parsed as text. ``label`` names the source in errors:
+    the path, ``<string>`` or ``<bytes>``.
+    """
+    if hasattr(source, "mlir_module_serialized"):           # jax.export.Exported
+        fun = getattr(source, "fun_name", "") or "exported"
+        return f"<jax.export {fun}>", bytes(source.mlir_module_serialized), None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _BYTES_LABEL, bytes(source), None
     path = as_path(source)
     if path is not None:
-        data = path.read_bytes()
-        source = data if not _looks_like_text(data) else data.decode()
-    with ctx:
         try:
-            return ir.Module.parse(source)
-        except Exception as first:  # MLIR raises a generic error with diagnostics
-            if isinstance(source, (bytes, bytearray)):
-                try:
-                    from jax.extend.mlir import deserialize_portable_artifact
-
-                    return ir.Module.parse(deserialize_portable_artifact(bytes(source)))
-                except Exception:
-                    pass
-            raise ImportError_(f"could not parse StableHLO module: {first}") from None
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImportError_(f"{path}: cannot read: {exc.strerror or exc}") from None
+        return str(path), data, path
+    if isinstance(source, str):
+        return _TEXT_LABEL, source, None
+    raise ImportError_(f"cannot read a StableHLO module from a {type(source).__name__}: pass module text, "
+                       "bytes, a file path or a jax.export.Exported")
 
 
-def as_path(source: str | bytes | Path) -> Path | None:
-    """``source`` as an existing file path, or None when it is module text / bytes."""
-    if isinstance(source, Path):
-        if not source.is_file():
-            raise ImportError_(f"{source}: no such file")
-        return source
-    if isinstance(source, str) and "\n" not in source and len(source) < 4096:
+def as_path(source: Any) -> Path | None:
+    """``source`` as an existing file path, or None when it is module text / bytes.
+
+    A ``Path``, or a one-line ``str`` without ``{`` (which cannot be module text), that names no file
+    raises ``ImportError_`` ("no such file"), so a typo in a file name is not parsed as MLIR."""
+    if isinstance(source, os.PathLike):
+        candidate = Path(source)
+    elif isinstance(source, str) and "\n" not in source and 0 < len(source) < 4096:
+        candidate = Path(source)
         try:
-            if Path(source).is_file():
-                return Path(source)
+            if candidate.is_file():
+                return candidate
         except OSError:
+            pass
+        if not _looks_like_path(source):
+            return None          # module text
+    else:
+        return None
+    try:
+        if candidate.is_file():
+            return candidate
+        exists, is_dir = candidate.exists(), candidate.is_dir()
+    except OSError as exc:
+        raise ImportError_(f"{str(source)!r}: not a readable file ({exc.strerror or exc})") from None
+    if is_dir:
+        raise ImportError_(f"{str(source)!r}: is a directory, not a StableHLO file")
+    if exists:
+        raise ImportError_(f"{str(source)!r}: not a regular file")
+    hint = (" (a one-line string without '{' is read as a path; pass module text, bytes or an existing "
+            ".mlir / .mlirbc file)") if isinstance(source, str) else ""
+    raise ImportError_(f"{str(source)!r}: no such file{hint}")
+
+
+def _looks_like_path(text: str) -> bool:
+    stripped = text.strip()
+    return bool(stripped) and "\n" not in stripped and "{" not in stripped and len(stripped) < 4096
+
+
+def parse_module(source: Any, context: ir.Context | None = None) -> ir.Module:
+    """Parse StableHLO text or bytecode, a file, or a serialized portable artifact (VHLO, as
+    ``jax.export`` writes it: ``Exported.mlir_module_serialized``) into a module.
+
+    Ops of dialects the context does not know are allowed (they become unknown ops, listed by name
+    and count in every result). MLIR's diagnostics are captured, never printed: an error names the
+    source (file, ``<string>`` or ``<bytes>``), line and column, and the diagnostic.
+    """
+    label, data, _ = read_source(source)
+    ctx = context or make_context()
+    captured: list[str] = []
+
+    def on_diagnostic(diag: Any) -> bool:
+        captured.append(_diagnostic_text(diag, label, data))
+        return True            # handled: MLIR prints nothing to stderr
+
+    allowed = ctx.allow_unregistered_dialects
+    ctx.allow_unregistered_dialects = True
+    handler = ctx.attach_diagnostic_handler(on_diagnostic)
+    try:
+        with ctx:
+            try:
+                module = ir.Module.parse(data)
+            except ir.MLIRError as exc:
+                found = [_diagnostic_text(d, label, data) for d in exc.error_diagnostics]
+                raise ImportError_(_parse_error(label, exc.message, found + captured)) from None
+            except Exception as exc:   # other binding errors (e.g. bad UTF-8 in text)
+                raise ImportError_(_parse_error(label, str(exc), captured)) from None
+            if _is_vhlo(module):
+                module = _deserialize_vhlo(module, data, label, captured)
+            return module
+    finally:
+        handler.detach()
+        ctx.allow_unregistered_dialects = allowed
+
+
+def _is_vhlo(module: Any) -> bool:
+    """A versioned (VHLO) module: a portable artifact, which must be deserialized into StableHLO."""
+    return any(op.operation.name.startswith("vhlo.") for op in module.body.operations)
+
+
+def _deserialize_vhlo(module: Any, data: str | bytes, label: str, captured: list[str]) -> Any:
+    if isinstance(data, str) or _looks_like_text(data):   # VHLO text: through bytecode
+        buf = io.BytesIO()
+        module.operation.write_bytecode(buf)
+        data = buf.getvalue()
+    before = len(captured)
+    try:
+        return deserialize_portable_artifact(bytes(data))
+    except Exception as exc:
+        found = captured[before:] or [str(exc)]
+        raise ImportError_(_parse_error(label, "could not deserialize the VHLO portable artifact", found)) from None
+
+
+def _parse_error(label: str, headline: str, diagnostics: list[str]) -> str:
+    seen: list[str] = []
+    for d in diagnostics:
+        if d not in seen:
+            seen.append(d)
+    lines = [f"could not parse StableHLO module {label}: {headline.strip().rstrip(':')}"]
+    lines += seen[:_MAX_DIAGNOSTICS]
+    if len(seen) > _MAX_DIAGNOSTICS:
+        lines.append(f"... and {len(seen) - _MAX_DIAGNOSTICS} more diagnostics")
+    return "\n".join(lines)
+
+
+def _diagnostic_text(diag: Any, label: str, data: str | bytes) -> str:
+    """``label:line:col: error: message`` plus the source line and a caret for text input."""
+    severity = str(getattr(diag, "severity", "error")).rsplit(".", 1)[-1].lower()
+    where = str(getattr(diag, "location", ""))
+    m = _MLIR_BUFFER.search(where)
+    message = str(getattr(diag, "message", diag)).strip()
+    if m is None or m.group(1) == "0":
+        out = [f"{label}: {severity}: {message}"]
+    else:
+        line, col = int(m.group(1)), int(m.group(2))
+        out = [f"{label}:{line}:{col}: {severity}: {message}"]
+        text = _source_line(data, line)
+        if text is not None:
+            out.append("    " + text.rstrip())
+            out.append("    " + " " * max(0, col - 1) + "^")
+    for note in getattr(diag, "notes", ()) or ():
+        note_text = str(getattr(note, "message", note)).strip()
+        if len(note_text) > 200:
+            note_text = note_text[:200] + " ..."
+        out.append(f"  note: {note_text}")
+    return "\n".join(out)
+
+
+def _source_line(data: str | bytes, line: int) -> str | None:
+    if isinstance(data, bytes):
+        if not _looks_like_text(data):
             return None
+        data = data.decode("utf-8", errors="replace")
+    lines = data.splitlines()
+    if 1 <= line <= len(lines):
+        text = lines[line - 1].expandtabs(1)
+        return text if len(text) <= 240 else text[:240] + " ..."
     return None
 
 
@@ -154,10 +310,24 @@ def attr_to_py(name: str, attr: Any) -> Any:
     return str(attr)
 
 
+def op_attrs(op: Any) -> dict[str, Any]:
+    """An op's attributes as plain Python (``attr_to_py``). An attribute the MLIR bindings cannot even
+    hand over (a dense constant of complex numbers raises ``TypeError`` on access) is kept as ``None``."""
+    attrs: dict[str, Any] = {}
+    for key in op.attributes:
+        try:
+            attr = op.attributes[key]
+        except TypeError:
+            attrs[key] = None
+            continue
+        attrs[key] = attr_to_py(key, attr)
+    return attrs
+
+
 def _scalar_constant(op: Any) -> float | int | None:
     """Value of a scalar (or splat) integer/float constant, for loop-bound inference."""
-    attr = op.attributes["value"]
     try:
+        attr = op.attributes["value"]
         if getattr(attr, "is_splat", False):
             v = attr.get_splat_value()
             return v.value if hasattr(v, "value") else None
@@ -196,6 +366,7 @@ class _Importer:
         self.loops: list[LoopInfo] = []
         self.escaping: set[int] = set()
         self.types: dict[Any, TensorType] = {}   # ir.Type -> TensorType (types repeat a lot)
+        self.async_values: dict[Any, list[int]] = {}   # an async start's future -> the values its done returns
         self.depth = 0
 
     # -- values -------------------------------------------------------------
@@ -222,9 +393,32 @@ class _Importer:
             raise ImportError_("module has no public function to analyse")
         return public[0]
 
+    def body_block(self, fn: Any) -> Any:
+        """The one block of a function's body; a declaration or a multi-block function is an error.
+
+        StableHLO functions from JAX have one block (control flow is structured: while, case, if).
+        A function whose body branches between blocks (``cf.br``, ``cf.cond_br``) is unusual: its ops
+        would need a control-flow graph to be weighted, so it is refused by name rather than having
+        the blocks after the first silently dropped."""
+        name = _func_name(fn)
+        blocks = fn.regions[0].blocks
+        n = len(blocks)
+        if n == 0:
+            raise ImportError_(f"function @{name} has no body (a declaration): cannot count its work")
+        if n > 1:
+            extra = blocks[1]
+            first_op = next(iter(extra.operations), None)
+            what = f" (its first op: {first_op.operation.name})" if first_op is not None else ""
+            raise ImportError_(
+                f"function @{name} has {n} blocks: block ^bb1{what} and any later ones are reached by "
+                "unstructured branches (cf.br / cf.cond_br), which the importer does not follow. StableHLO "
+                "functions from JAX have one block (loops and conditionals are stablehlo.while / case / "
+                "if): export the module from JAX, or convert its control flow to structured ops")
+        return blocks[0]
+
     def run(self) -> Graph:
         fn = self.entry()
-        block = fn.regions[0].blocks[0]
+        block = self.body_block(fn)
         inputs = tuple(self.new_value(a.type) for a in block.arguments)
         names = _arg_names(fn, len(inputs))
         outputs = self.inline(fn, inputs, prefix="", frames=())
@@ -245,21 +439,26 @@ class _Importer:
         self.depth += 1
         if self.depth > _MAX_CALL_DEPTH:
             raise ImportError_(f"call depth over {_MAX_CALL_DEPTH} (recursive functions are not supported)")
-        block = fn.regions[0].blocks[0]
+        block = self.body_block(fn)
         env = {a: v for a, v in zip(block.arguments, args)}
         _, returned = self.walk_block(block, env, prefix, frames)
         self.depth -= 1
         return returned
 
     # -- blocks and ops -----------------------------------------------------
-    def walk_block(self, block: Any, env: dict, prefix: str, frames: tuple[Frame, ...]) -> tuple[list[int], list[int]]:
-        """Import every op of a block; returns (ids of ops in it, values it returns)."""
+    def walk_block(self, block: Any, env: dict, prefix: str, frames: tuple[Frame, ...],
+                   absolute_names: bool = False) -> tuple[list[int], list[int]]:
+        """Import every op of a block; returns (ids of ops in it, values it returns).
+
+        ``absolute_names``: the ops carry whole name stacks (a compiler's fusion body, from its op_name
+        metadata), not names relative to ``prefix``; an op named only by its instruction (no "/") takes ``prefix``."""
         direct: list[int] = []
         returned: list[int] = []
         for opview in block.operations:
             op = opview.operation
             name = op.name
-            stack = _join(prefix, location_name(op.location))
+            own = location_name(op.location)
+            stack = (own if "/" in own else prefix) if absolute_names else _join(prefix, own)
             if name in _TERMINATORS:
                 returned = [self.lookup(env, v, name) for v in op.operands]
                 continue
@@ -272,8 +471,13 @@ class _Importer:
                 for res, vid in zip(op.results, outs):
                     env[res] = vid
                 continue
+            if name in GROUPING_OPS or name in _ASYNC_DONE_OPS:
+                direct.append(self.import_group(op, env, stack, frames))
+                continue
             if name == "stablehlo.composite":
                 callee = op.attributes["decomposition"].value
+                if callee not in self.funcs:
+                    raise ImportError_(f"stablehlo.composite decomposition @{callee} is not a function of the module")
                 args = tuple(self.lookup(env, v, name) for v in op.operands)
                 comp = op.attributes["name"].value
                 outs = self.inline(self.funcs[callee], args, _join(stack, comp), frames)
@@ -283,15 +487,49 @@ class _Importer:
             direct.append(self.import_op(op, env, stack, frames))
         return direct, returned
 
+    def import_group(self, op: Any, env: dict, stack: str, frames: tuple[Frame, ...]) -> int:
+        """A fusion / async start (see ``GROUPING_OPS``) or the async done that waits for one: an op with no
+        results of its own. A fusion's MLIR results stand for the values its region returns; an async start's
+        single result (a future / bundle) for all the values its region (or ``called_computation``) returns,
+        which its done's results then stand for."""
+        name = op.name
+        operands = tuple(self.lookup(env, v, name) for v in op.operands)
+        attrs = op_attrs(op)
+        oid = len(self.ops)
+        self.ops.append(None)  # reserve the id so the region's ops come after it
+        regions: list[tuple[int, ...]] = []
+        if name in _ASYNC_DONE_OPS:
+            returned = list(self.async_values.get(op.operands[0], operands)) if op.operands else []
+        else:
+            if op.regions and op.regions[0].blocks:
+                block = op.regions[0].blocks[0]
+            elif "called_computation" in op.attributes and attrs["called_computation"] in self.funcs:
+                block = self.funcs[attrs["called_computation"]].regions[0].blocks[0]
+            else:
+                raise ImportError_(f"{name} at {stack or '?'}: no region and no called computation to import")
+            inner_env = dict(env)
+            inner_env.update(zip(block.arguments, operands))
+            direct, returned = self.walk_block(block, inner_env, stack, frames, absolute_names=True)
+            regions.append(tuple(direct))
+            if name != "mhlo.fusion" and len(op.results) == 1 and len(returned) != 1:
+                self.async_values[op.results[0]] = list(returned)
+                returned = returned[:1]
+        if len(returned) != len(op.results):
+            raise ImportError_(f"{name} at {stack or '?'}: its region returns {len(returned)} values for "
+                               f"{len(op.results)} results")
+        for res, vid in zip(op.results, returned):
+            env[res] = vid
+        self.ops[oid] = Op(id=oid, name=name, operands=operands, results=(), attrs=freeze(attrs), name_stack=stack,
+                           frames=frames, regions=tuple(regions))
+        return oid
+
     def import_op(self, op: Any, env: dict, stack: str, frames: tuple[Frame, ...]) -> int:
         name = op.name
         operands = tuple(self.lookup(env, v, name) for v in op.operands)
         results = tuple(self.new_value(r.type) for r in op.results)
         for r, vid in zip(op.results, results):
             env[r] = vid
-        attrs: dict[str, Any] = {}
-        for key in op.attributes:
-            attrs[key] = attr_to_py(key, op.attributes[key])
+        attrs = op_attrs(op)
         oid = len(self.ops)
         self.ops.append(None)  # reserve the id so nested ops come after their parent
         for vid in results:
@@ -346,7 +584,7 @@ class _Importer:
         trip, reason = loops.infer_trip_count(
             init=operands, cond_args=cond_args, cond_result=cond_ret[0] if cond_ret else None,
             body_args=body_args, body_results=body_ret, ops=self.ops, producers=self.producers,
-            consts=self.consts,
+            consts=self.consts, values=self.values,
         )
         self.loops.append(LoopInfo(op_id=oid, name_stack=stack, trip_count=trip, reason=reason))
         return regions
@@ -358,6 +596,13 @@ def _join(prefix: str, name: str) -> str:
     if not name or name.startswith(prefix):
         return name or prefix
     return f"{prefix}/{name}"
+
+
+def _func_name(fn: Any) -> str:
+    try:
+        return fn.attributes["sym_name"].value
+    except Exception:
+        return "?"
 
 
 def _dict_attrs(fn: Any, key: str, n: int) -> tuple[Any, ...]:
@@ -372,7 +617,7 @@ def _dict_attrs(fn: Any, key: str, n: int) -> tuple[Any, ...]:
 
 def _arg_names(fn: Any, n: int) -> tuple[str, ...]:
     names = [f"arg{i}" for i in range(n)]
-    block = fn.regions[0].blocks[0]
+    block = fn.regions[0].blocks[0]   # checked by _Importer.body_block
     for i, a in enumerate(block.arguments):
         name = location_name(a.location) if hasattr(a, "location") else ""
         if name:

@@ -112,6 +112,11 @@ class Graph:
     meshes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # sdy.mesh name -> MLIR text   # values returned from a loop/branch region (read by the next iteration or the parent)
     producers: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
 
+    def __repr__(self) -> str:
+        # short: the default dataclass repr prints every op and value (megabytes on a train step)
+        return (f"Graph({self.name!r}, {len(self.ops):,} ops, {len(self.values):,} values, "
+                f"{len(self.inputs)} inputs, {len(self.outputs)} outputs, {len(self.loops)} loops)")
+
     def value(self, vid: int) -> TensorType:
         return self.values[vid]
 

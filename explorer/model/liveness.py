@@ -30,7 +30,7 @@ class Liveness:
 
 _IN_PLACE = frozenset({"stablehlo.dynamic_update_slice", "stablehlo.scatter"})
 _VIEWS = frozenset({"stablehlo.reshape", "stablehlo.bitcast_convert", "stablehlo.get_tuple_element",
-                    "stablehlo.optimization_barrier", "stablehlo.tuple"})
+                    "stablehlo.optimization_barrier", "stablehlo.tuple", "mhlo.bitcast"})
 
 
 def alias_roots(graph: Graph, order: list[int] | None = None) -> dict[int, int]:

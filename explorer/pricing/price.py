@@ -40,7 +40,7 @@ def estimate(program: Program, target: Any, pipeline: str | Sequence[Any] | None
     if isinstance(target, str):
         target = hw_targets.load(target)
     if pipeline == "default":
-        pipeline = pl.default_pipeline()
+        pipeline = pl.default_pipeline(program)
     passes = pl.resolve(pipeline or None)
     plan = pl.run(passes, program, target)
     return price(program, target, plan, pipeline_text=pl.to_text(passes), strict=strict)
@@ -78,7 +78,8 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
             name=label, ops=kern.ops, layer=layer, phase=phase, executions=runs, flops=flops * runs,
             transcendentals=trans * runs, bytes_moved=kern.bytes_moved * runs,
             collective_bytes=sum(w.collective_bytes for w in works) * runs,
-            compute_s=t.compute_s, memory_s=t.memory_s, comm_s=t.comm_s, overhead_s=t.overhead_s, bound=t.bound))
+            compute_s=t.compute_s, memory_s=t.memory_s, comm_s=t.comm_s, overhead_s=t.overhead_s, bound=t.bound,
+            overlappable=kern.overlappable))
         total_flops += flops * runs
         total_trans += trans * runs
         total_bytes += kern.bytes_moved * runs

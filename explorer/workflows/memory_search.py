@@ -115,7 +115,7 @@ def search_memory(program: Program, target: Any, budget_bytes: float | None = No
     if budget <= 0:
         raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
     chip = target if budget == main.capacity_bytes else target.replace(**{f"memory.{main.name}.capacity_bytes": budget})
-    base = pl.default_pipeline() if base is None else base
+    base = pl.default_pipeline(program) if base is None else base
     jax_flops = sum(program.works[o].flops * program.weights[o] for o in jax_recomputed_ops(program.graph)
                     if program.works[o] is not None)
     notes: list[str] = []

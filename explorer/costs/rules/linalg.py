@@ -78,11 +78,14 @@ def convolution(op, ins, outs) -> Work:
     out_feat = out.shape[dn["output_feature"]]
     kin = rhs.shape[dn["kernel_in"]]
     flops = 2.0 * out_batch * out_feat * kin * taps
-    # as a GEMM (implicit im2col): M = output pixels, N = output features, K = kernel_in * window
-    out_pixels = math.prod(out.shape[d] for d in dn["output_spatial"]) * out_batch
-    window = math.prod(rhs.shape[d] for d in dn["kernel_spatial"])
+    # as a GEMM (implicit im2col): M = output pixels, N = output features, K = kernel_in x the window taps an
+    # output really uses (on average: padding and dilation holes excluded). A batched matmul written as a
+    # convolution (XLA:TPU puts batch dims in spatial dims, one valid tap per output) so gets K = kernel_in.
+    spatial = math.prod(out.shape[d] for d in dn["output_spatial"])
+    out_pixels = spatial * out_batch
+    taps_per_output = max(1, round(taps / max(1, spatial)))
     groups = int(op.attrs.get("feature_group_count", 1)) * int(op.attrs.get("batch_group_count", 1))
-    g = Gemm(batch=groups, m=out_pixels, n=max(1, out_feat // groups), k=kin * window)
+    g = Gemm(batch=groups, m=out_pixels, n=max(1, out_feat // groups), k=kin * taps_per_output)
     return Work(matrix_flops=flops, bytes_read=nbytes(ins), bytes_written=nbytes(outs),
                 dtype=_matmul_dtype(op, lhs.dtype), gemm=g)
 
