@@ -47,6 +47,7 @@ from tabulate import tabulate  # noqa: E402
 
 import hw_targets  # noqa: E402
 from explorer.frontend import xla  # noqa: E402
+from explorer.graph import environment  # noqa: E402
 from explorer.model_files import program_fn  # noqa: E402
 from passes.fusion import kernels_of  # noqa: E402
 
@@ -156,6 +157,7 @@ class Side:
     seconds: float = 0.0
     collectives: dict[str, list[float]] = field(default_factory=dict)   # kind -> [count, bytes]
     flops: float = 0.0
+    unknown_ops: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -179,9 +181,14 @@ def collectives_of(est) -> dict[str, list[float]]:
 
 
 def side(est) -> Side:
-    return Side(kernels=sum(1 for k in est.kernels if k.ops or k.collective_bytes), hbm_bytes=est.bytes_accessed,
+    """Kernels: compute and collective kernels (a compiler's async DMA copies, XLA:TPU's prefetches into on-chip
+    memory, are counted apart in ``extra``)."""
+    plan = est._plan
+    copies = sum(1 for k in (plan.kernels or ()) if k.kind == "copy")
+    launched = sum(1 for k in est.kernels if k.ops or k.collective_bytes or k.name.startswith("copy["))
+    return Side(kernels=launched - copies, hbm_bytes=est.bytes_accessed,
                 peak_bytes=float(est.peak_memory_bytes), seconds=est.seconds, collectives=collectives_of(est),
-                flops=est.flops)
+                flops=est.flops, unknown_ops=dict(est.unknown_ops), extra={"copies": copies})
 
 
 def sharded(args) -> bool:
@@ -203,7 +210,8 @@ class Row:
 
 
 def measure(name: str, build, target) -> Row:
-    fn, args = build()
+    with environment.quiet_backend_start():   # building the arguments may start JAX's backends (plugins load)
+        fn, args = build()
     t0 = time.perf_counter()
     prog = explorer.lower(fn, *args)
     shard = "shard{}," if sharded(args) else ""
@@ -235,7 +243,7 @@ def table(compiler: str, rows: list[Row]) -> str:
     body = []
     for r in rows:
         if r.error:
-            body.append([r.program, r.error] + [""] * 11)
+            body.append([r.program, r.error] + [""] * 12)
             continue
         opt = r.xla_optimal_s
         body.append([
@@ -248,10 +256,11 @@ def table(compiler: str, rows: list[Row]) -> str:
             f"{r.ours.seconds * 1e3:.3g}/{r.xla.seconds * 1e3:.3g}" + (f"/{opt * 1e3:.3g}" if opt and opt > 0 else ""),
             (_ratio(r.ours.seconds, opt) if opt and opt > 0 else "-"),
             f"{_coll(r.ours.collectives)} | {_coll(r.xla.collectives)}" if (r.ours.collectives or r.xla.collectives)
-            else "-"])
+            else "-",
+            f"{sum(r.ours.unknown_ops.values())}/{sum(r.xla.unknown_ops.values())}"])
     headers = ["program", "kernels ours/XLA", "ratio", "aggr", "HBM GB ours/XLA", "ratio", "aggr",
                "peak GB ours/XLA", "ratio", "on XLA plan", "step ms ours/on XLA plan/XLA est", "ours/XLA est",
-               "collectives ours | XLA"]
+               "collectives ours | XLA", "unknown ops ours/XLA"]
     return f"== {compiler} ==\n" + tabulate(body, headers=headers, disable_numparse=True)
 
 
@@ -277,7 +286,7 @@ def summary(compiler: str, rows: list[Row]) -> list[str]:
 def to_json(compiler: str, rows: list[Row]) -> list[dict]:
     def s(x: Side) -> dict:
         return {"kernels": x.kernels, "hbm_bytes": x.hbm_bytes, "peak_bytes": x.peak_bytes, "seconds": x.seconds,
-                "collectives": x.collectives, "flops": x.flops}
+                "collectives": x.collectives, "flops": x.flops, "unknown_ops": x.unknown_ops}
     return [{"compiler": compiler, "program": r.program, "error": r.error, "ours": s(r.ours),
              "aggressive": s(r.aggressive), "xla_plan": s(r.xla), "xla_peak_bytes": r.xla_peak_bytes,
              "xla_optimal_seconds": r.xla_optimal_s, "xla_bytes_accessed": r.xla_bytes_accessed,

@@ -11,8 +11,10 @@ conventions (reference README caveats):
   include the launch + sync cost, for which LLMCompass itself adds 21 us to its A100 simulation;
   the prediction is the estimate's kernel body plus that 21 us (``WALL_CLOCK_OVERHEAD_S``);
 - kernel-timed rows (cuBLASLt / hipBLASLt loops with thousands of warm-ups, mamf-finder, tritonbench,
-  BabelStream) time launches of one kernel after another on one stream: the prediction is the
-  estimate as it prices a kernel in a program, its body plus the preset's launch gap;
+  BabelStream) time launches of one kernel after another on one stream, the host issuing each launch
+  while the previous kernel runs: the prediction is the steady state of that loop, the larger of the
+  host's ``launch_overhead_s`` per kernel and the kernel on the chip (its body plus the preset's
+  ``kernel_gap_s``: the estimate's step time without its one launch);
 - FP8 peaks are dense (the CSV halved sparse headline figures); MAMF rows are the best shape of a
   sweep (an upper envelope), reported apart from typical shapes;
 - PyTorch's softmax / layer norm / GELU and FlashAttention run as one fused kernel each, so those
@@ -257,7 +259,10 @@ def run(case: Case, targets: dict) -> Result:
     fn, args = case.build()
     est = explorer.estimate(explorer.lower(fn, *args), target, pipeline=case.pipeline)
     body = est.seconds - est.overhead_seconds
-    predicted = body + WALL_CLOCK_OVERHEAD_S if case.convention == "wall" else est.seconds
+    if case.convention == "wall":
+        predicted = body + WALL_CLOCK_OVERHEAD_S
+    else:   # back-to-back launches: the host issues each kernel while the previous one runs on the chip
+        predicted = max(target.launch_overhead_s * est.num_kernels, est.seconds - target.launch_overhead_s)
     return Result(case, predicted, body, est.bound, est.num_kernels, target.efficiency.matrix, target.efficiency.memory)
 
 
@@ -329,8 +334,8 @@ def _body_measured(r: Result) -> float:
 
 def report(results: list[Result], plan: Plan, header: str) -> str:
     lines = [header, "",
-             "conventions: wall = estimate body + 21 us launch/sync (LLMCompass wall-clock); kernel = the estimate "
-             "(body + the preset's launch gap; kernels timed one after another on a stream);",
+             "conventions: wall = estimate body + 21 us launch/sync (LLMCompass wall-clock); kernel = kernels timed "
+             "one after another on a stream: max(launch_overhead_s per kernel, body + the preset's kernel_gap_s);",
              f"  GEMMs priced with {GEMM_PIPELINE}, fused PyTorch/FlashAttention kernels with {FUSED_PIPELINE}", ""]
     head = f"{'case':46s} {'target':9s} {'conv':6s} {'predicted':>10s} {'measured':>10s} {'pred/meas':>9s} {'error':>7s}  {'bound':8s} {'k':>2s}  what"
     lines += [head, "-" * len(head)]

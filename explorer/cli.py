@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("targets", help="list the preset targets")
     sub.add_parser("passes", help="list the passes and their options")
     r = sub.add_parser("regress", help="check the pinned regression cases (exit 1 if a figure moved)")
-    r.add_argument("--dir", default=None, help="directory holding cases.toml and expected/ (default: examples/regressions)")
+    r.add_argument("--dir", default=None,
+                   help="directory holding cases.toml and expected/ (default: examples/regressions of the current "
+                        "directory; never the installed package's own)")
     r.add_argument("--case", action="append", default=None, help="only this case (repeatable)")
     r.add_argument("--update", action="store_true", help="rewrite the pinned figures with the current ones")
     return p
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"default pipeline: {pl.default_pipeline() or '(none)'}")
         return 0
     if args.command == "regress":
-        directory = args.dir or regress.DEFAULT_DIR
+        directory = args.dir or regress.default_dir()
         if args.update:
             for path in regress.update(directory, args.case):
                 print(f"pinned {path}")

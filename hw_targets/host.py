@@ -424,8 +424,13 @@ def build_target(ident: Mapping[str, Any], fit: HostFit, measured_at: str = ""):
         "description": (f"{ident.get('cpu_model', 'CPU')}, {fit.cores} cores, measured through jax {ident.get('jax', '?')}"
                         f"{' on ' + measured_at if measured_at else ''}; matrix_tile fitted to XLA:CPU GEMM timings"
                         f" (assumption); tdp_w assumed {WATTS_PER_CORE:g} W per core"),
-        "kind": "cpu", "launch_overhead_s": fit.launch_overhead_s, "tdp_w": WATTS_PER_CORE * fit.cores,
+        # XLA:CPU runs a call's kernels one after another on the calling thread: no host running ahead of a device,
+        # so the fitted fixed cost per kernel is a gap on the one stream; the call's own dispatch cost is measured
+        # apart (``dispatch_seconds``): the launch itself is free here.
+        "kind": "cpu", "launch_mode": "graph", "launch_overhead_s": 0.0, "kernel_gap_s": fit.launch_overhead_s,
+        "async_collectives": False, "tdp_w": WATTS_PER_CORE * fit.cores,
         "compute": {
+            "f32_matmul": "fp32", "split_k": False,   # XLA:CPU's Eigen contractions never split K
             "matrix_flops_per_s": dict(fit.matrix_flops_per_s), "vector_flops_per_s": dict(fit.vector_flops_per_s),
             "transcendental_per_s": fit.transcendental_per_s, "matrix_units": fit.cores,
             "matrix_tile": list(fit.matrix_tile), "clock_hz": fit.clock_hz or 1e9},

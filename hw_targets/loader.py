@@ -6,23 +6,29 @@ Every error names the file, the field and the bad value; unknown fields are reje
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from .target import Compute, Efficiency, FrozenMap, MemoryLevel, Network, Target, TargetError, checked_number
+from .schema import checked_number
+from .target import (CompilerSettings, Compute, Efficiency, FrozenMap, MemoryLevel, Network, Target, TargetError,
+                     parse_variant_name)
 
 PRESETS = Path(__file__).parent / "presets"
 
 _TOP = {"name": True, "description": True, "kind": True, "launch_overhead_s": True, "tdp_w": True,
         "price_usd": False, "die_area_mm2": False, "compute": True, "memory": True, "scale_up": True,
-        "scale_out": True, "efficiency": True}
+        "scale_out": True, "efficiency": True, "compiler": False, "launch_mode": False, "kernel_gap_s": False,
+        "async_collectives": False}
 _COMPUTE = {"matrix_flops_per_s": True, "vector_flops_per_s": True, "transcendental_per_s": True,
-            "matrix_units": True, "matrix_tile": True, "clock_hz": True}
+            "matrix_units": True, "matrix_tile": True, "clock_hz": True, "f32_matmul": False,
+            "split_k": False}
 _MEMORY = {"name": True, "kind": True, "capacity_bytes": True, "bandwidth_bytes_per_s": True, "latency_s": True}
 _NETWORK = {"topology": True, "domain_size": True, "torus_dims": False, "link_bandwidth_bytes_per_s": True,
             "links_per_chip": True, "chip_bandwidth_bytes_per_s": True, "latency_s": True, "efficiency": True,
             "in_network_reduction": False}
+_COMPILER = {"platform": False, "cuda_compute_capability": False, "tpu_version": False}
 _EFFICIENCY = {"matrix": True, "vector": True, "memory": True}
 
 
@@ -32,22 +38,69 @@ def names() -> list[str]:
 
 
 def load(name_or_path: str | Path) -> Target:
-    """A preset by name, or a target TOML file by path."""
+    """A preset by name, a target TOML file by path, or a variant's name (``h100_sxm[memory.hbm.capacity_bytes=1.6e11]``,
+    as ``Target.replace`` names it: the preset with those knobs replaced).
+
+    A path to an existing file is read as a target file whatever its suffix (``chip.TOML``, ``chip``); a
+    name with no ``/`` that is not a file is a preset name."""
     path = Path(name_or_path)
-    if path.suffix != ".toml":
-        candidate = PRESETS / f"{name_or_path}.toml"
+    text = str(name_or_path)
+    as_file = path.suffix.lower() == ".toml" or path.is_file() or "/" in text
+    if not as_file:
+        base, knobs = parse_variant_name(text)
+        if knobs and base != text:
+            return load(base).replace(**knobs)
+        candidate = PRESETS / f"{text}.toml"
         if not candidate.is_file():
-            close = difflib.get_close_matches(str(name_or_path), names(), n=1)
+            close = difflib.get_close_matches(text, names(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TargetError(f"unknown target {str(name_or_path)!r}{hint}; presets: {', '.join(names())}")
+            raise TargetError(f"unknown target {text!r}{hint}; presets: {', '.join(names())} (or a path to a .toml file)")
         path = candidate
     if not path.is_file():
         raise TargetError(f"{path}: no such target file")
+    raw = path.read_bytes()
     try:
-        data = tomllib.loads(path.read_text())
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise TargetError(f"{path.name}: not a UTF-8 text file (byte {raw[exc.start:exc.start + 1]!r} at offset "
+                          f"{exc.start}, line {line}); a target file is TOML text in UTF-8") from None
+    try:
+        data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"{path.name}: not valid TOML: {exc}") from None
+        raise TargetError(f"{path.name}: not valid TOML: {_toml_error(exc, source)}") from None
     return from_dict(data, where=path.name, source=str(path))
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError, source: str) -> str:
+    """tomllib's message, with the offending line and, for a duplicate, the key it repeats."""
+    msg = str(exc)
+    m = re.search(r"line (\d+)", msg)
+    if not m:
+        return msg
+    lines = source.splitlines()
+    n = int(m.group(1))
+    line = lines[n - 1].split("#", 1)[0].strip() if 0 < n <= len(lines) else ""
+    if "overwrite" in msg.lower() or "declare" in msg.lower():
+        key = line.strip("[] ").split("=", 1)[0].strip() if line else ""
+        table = _table_at(lines, n)
+        full = f"{table}.{key}" if table and not line.startswith("[") else key
+        if key and line.startswith("["):
+            return f"duplicate table [{key}] (line {n}: {line!r}); each table may be declared once"
+        if key:
+            return f"duplicate key {full!r} (line {n}: {line!r}); each key may be set once"
+    return f"{msg}: {line!r}" if line else msg
+
+
+def _table_at(lines: list[str], n: int) -> str:
+    """The [table] header in force at line ``n`` (1-based), or ''."""
+    for text in reversed(lines[:n - 1]):
+        t = text.split("#", 1)[0].strip()
+        if t.startswith("[[") and t.endswith("]]"):
+            return t[2:-2].strip()
+        if t.startswith("[") and t.endswith("]"):
+            return t[1:-1].strip()
+    return ""
 
 
 def _check_keys(where: str, prefix: str, data: Any, schema: dict[str, bool]) -> None:
@@ -70,6 +123,12 @@ def _num(where: str, field: str, value: Any, integer: bool = False) -> Any:
 def _str(where: str, field: str, value: Any) -> str:
     if not isinstance(value, str):
         raise TargetError(f"{where}: field {field!r} must be a string, got {value!r}")
+    return value
+
+
+def _bool(where: str, field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TargetError(f"{where}: field {field!r} must be true or false, got {value!r}")
     return value
 
 
@@ -112,8 +171,10 @@ def from_dict(data: dict, where: str = "<dict>", source: str = "") -> Target:
         matrix_flops_per_s=rates["matrix_flops_per_s"], vector_flops_per_s=rates["vector_flops_per_s"],
         transcendental_per_s=_num(where, "compute.transcendental_per_s", c["transcendental_per_s"]),
         matrix_units=_num(where, "compute.matrix_units", c["matrix_units"], integer=True),
-        matrix_tile=tuple(_num(where, "compute.matrix_tile", x, integer=True) for x in tile),
+        matrix_tile=tuple(_num(where, f"compute.matrix_tile.{axis}", x, integer=True) for axis, x in zip("mnk", tile)),
         clock_hz=_num(where, "compute.clock_hz", c["clock_hz"]),
+        f32_matmul=_str(where, "compute.f32_matmul", c.get("f32_matmul", "")),
+        split_k=_bool(where, "compute.split_k", c.get("split_k", True)),
     )
     mem = data["memory"]
     if not isinstance(mem, list) or not mem:
@@ -133,6 +194,16 @@ def from_dict(data: dict, where: str = "<dict>", source: str = "") -> Target:
     for f in ("price_usd", "die_area_mm2"):
         if f in data:
             optional[f] = _num(where, f, data[f])
+    if "launch_mode" in data:
+        optional["launch_mode"] = _str(where, "launch_mode", data["launch_mode"])
+    if "kernel_gap_s" in data:
+        optional["kernel_gap_s"] = _num(where, "kernel_gap_s", data["kernel_gap_s"])
+    if "async_collectives" in data:
+        optional["async_collectives"] = _bool(where, "async_collectives", data["async_collectives"])
+    if "compiler" in data:
+        _check_keys(where, "compiler.", data["compiler"], _COMPILER)
+        optional["compiler"] = CompilerSettings(**{k: _str(where, f"compiler.{k}", v)
+                                                   for k, v in data["compiler"].items()})
     return Target(
         name=_str(where, "name", data["name"]), description=_str(where, "description", data["description"]),
         kind=_str(where, "kind", data["kind"]), compute=compute, memory=tuple(levels),

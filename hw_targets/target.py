@@ -11,8 +11,10 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-from .schema import MATRIX_DTYPES, MEMORY_KINDS, TARGET_KINDS, TOPOLOGIES, VECTOR_DTYPES, TargetError  # noqa: F401
+from .schema import (F32_MATMUL_MODES, INT_FIELDS, LAUNCH_MODES, MATRIX_DTYPES, MEMORY_KINDS,  # noqa: F401
+                     TARGET_KINDS, TOPOLOGIES, VECTOR_DTYPES, TargetError, checked_number)
 from .validate import validate_target
+
 
 class FrozenMap(Mapping[str, float]):
     """A read-only, hashable mapping (dtype -> rate) so targets stay hashable."""
@@ -69,6 +71,8 @@ class Compute:
     matrix_units: int                    # units a matmul's output tiles are spread over (SMs, TensorCores, CUs)
     matrix_tile: tuple[int, int, int]    # (m, n, k) tile a unit processes natively; dims are padded to it
     clock_hz: float
+    f32_matmul: str = ""                 # how f32 operands run: tf32 | bf16_passes | fp32 ("": from the figures)
+    split_k: bool = True                 # the GEMM library splits K (split-K / stream-K) when tiles are few
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,26 @@ class Efficiency:
     matrix: float      # achievable fraction of the dense matrix peak on large, well-shaped GEMMs
     vector: float      # achievable fraction of the vector / transcendental peaks
     memory: float      # achievable fraction of a memory level's peak bandwidth (streaming)
+
+
+@dataclass(frozen=True)
+class CompilerSettings:
+    """How the real compiler sees this chip (``explorer.lower(..., compiler="xla", target=...)``); text, not knobs.
+
+    ``platform``: "cuda" (XLA:GPU), "tpu" (XLA:TPU), "" (from ``kind``: gpu -> cuda, tpu -> tpu) or "none".
+    ``cuda_compute_capability``: the SM generation XLA:GPU compiles for ("9.0"; Hopper when empty).
+    ``tpu_version``: the libtpu chip generation ("v5p"; from the name when empty)."""
+
+    platform: str = ""
+    cuda_compute_capability: str = ""
+    tpu_version: str = ""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, key, "")
+        return value if value else default
+
+    def __bool__(self) -> bool:
+        return bool(self.platform or self.cuda_compute_capability or self.tpu_version)
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,10 @@ class Target:
     tdp_w: float
     price_usd: float | None = None
     die_area_mm2: float | None = None
+    compiler: CompilerSettings = field(default_factory=CompilerSettings)
+    launch_mode: str = "per_kernel"      # per_kernel: the host issues every kernel; graph: one launch per step
+    kernel_gap_s: float = 0.0            # engine time between two kernels on one stream (device-side dispatch)
+    async_collectives: bool = True       # collectives run on their own stream, beside independent compute
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +166,17 @@ class Target:
             return m["fp32"]
         return self.vector_rate("f32")
 
+    @property
+    def f32_matmul_mode(self) -> str:
+        """How the matrix unit runs f32 operands (``compute.f32_matmul``; when empty: "tf32" where a TF32 rate is
+        listed, "bf16_passes" on a TPU, else "fp32")."""
+        mode = self.compute.f32_matmul
+        if mode:
+            return mode
+        if "tf32" in self.compute.matrix_flops_per_s:
+            return "tf32"
+        return "bf16_passes" if self.kind == "tpu" else "fp32"
+
     def vector_rate(self, dtype: str) -> float:
         """Vector-unit flops/s: bf16/fp16 fall back to fp32; every other type runs at the fp32 rate."""
         v = self.compute.vector_flops_per_s
@@ -169,6 +208,7 @@ class Target:
         for f in ("matrix", "vector", "memory"):
             k[f"efficiency.{f}"] = float(getattr(self.efficiency, f))
         k["launch_overhead_s"] = float(self.launch_overhead_s)
+        k["kernel_gap_s"] = float(self.kernel_gap_s)
         k["tdp_w"] = float(self.tdp_w)
         if self.price_usd is not None:
             k["price_usd"] = float(self.price_usd)
@@ -176,66 +216,107 @@ class Target:
             k["die_area_mm2"] = float(self.die_area_mm2)
         return k
 
-    def replace(self, **changes: float) -> "Target":
-        """A new, validated target with the given knobs (dotted names from ``knobs()``) changed."""
+    def replace(self, name: str | None = None, **changes: float) -> "Target":
+        """A new, validated target with the given knobs (dotted names from ``knobs()``) changed.
+
+        ``name``: the variant's name. Without it, a variant whose knobs differ gets a name that says how
+        (``h100_sxm[memory.hbm.bandwidth_bytes_per_s=6.7e12]``), so comparisons and sweeps tell the
+        variants apart; ``hw_targets.load`` of such a name rebuilds the variant from its preset. Values:
+        Python or numpy numbers."""
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise TargetError(f"{self.name}: replace(name=...) must be a non-empty string, got {name!r}")
         t = self
         known = self.knobs()
-        for name, value in changes.items():
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
+        for knob, value in changes.items():
+            if knob not in known:
+                close = difflib.get_close_matches(knob, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TargetError(f"{self.name}: unknown knob {name!r}{hint}")
-            t = _set(t, name.split("."), value, self.name)
-        return dataclasses.replace(t, source=self.source)
+                raise TargetError(f"{self.name}: unknown knob {knob!r}{hint}")
+            t = _set(t, knob, value, self.name)
+            got = t.knobs().get(knob)
+            want = checked_number(value, f"{self.name}: knob {knob!r}")
+            if got != want:      # never a silent no-op
+                raise TargetError(f"{self.name}: knob {knob!r} = {value!r} did not apply (the target has {got!r})")
+        after = t.knobs()
+        moved = {k: after[k] for k in changes if after[k] != known[k]}
+        if name is None:
+            name = variant_name(self.name, moved) if moved else self.name
+        return dataclasses.replace(t, name=name, source=self.source)
 
 
-_INT_FIELDS = {"matrix_units", "domain_size", "links_per_chip"}
+def variant_name(name: str, knobs: Mapping[str, float]) -> str:
+    """``base[knob=value,...]``: ``name`` (itself possibly a variant's) with ``knobs`` set, values in their
+    shortest exact form, so ``parse_variant_name`` gives the same numbers back."""
+    base, earlier = parse_variant_name(name)
+    merged = {**earlier, **{k: float(v) for k, v in knobs.items()}}
+    return base + "[" + ",".join(f"{k}={number_text(v)}" for k, v in merged.items()) + "]"
 
 
-def checked_number(value: Any, subject: str, integer: bool = False) -> float | int:
-    """``value`` as a float (or int), or a TargetError "<subject> must be a number / an integer, got ..."."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TargetError(f"{subject} must be a number, got {value!r}")
-    if integer:
-        if float(value) != int(value):
-            raise TargetError(f"{subject} must be an integer, got {value!r}")
-        return int(value)
-    return float(value)
+def parse_variant_name(name: str) -> tuple[str, dict[str, float]]:
+    """``"h100_sxm[memory.hbm.bandwidth_bytes_per_s=6.7e12]"`` -> ("h100_sxm", {knob: 6.7e12}); a plain name
+    -> (name, {})."""
+    if not name.endswith("]") or "[" not in name:
+        return name, {}
+    base, _, body = name[:-1].partition("[")
+    knobs: dict[str, float] = {}
+    for item in body.split(","):
+        key, eq, value = item.partition("=")
+        try:
+            knobs[key.strip()] = float(value)
+        except ValueError:
+            return name, {}
+        if not eq or not key.strip():
+            return name, {}
+    return base, knobs
+
+
+def number_text(x: float) -> str:
+    """The shortest text that reads back as exactly ``x`` (6.7e12, 264, 0.87, 4e-06 -> "4e-6")."""
+    x = float(x)
+    if x.is_integer() and abs(x) < 1e6:
+        return str(int(x))
+    for digits in range(1, 18):
+        text = f"{x:.{digits}g}"
+        if float(text) == x:
+            break
+    mantissa, e, exponent = text.partition("e")
+    return mantissa + (f"e{int(exponent)}" if e else "")
 
 
 def _as_number(value: Any, name: str, owner: str, integer: bool) -> float | int:
     return checked_number(value, f"{owner}: knob {name!r}", integer)
 
 
-def _set(t: Target, path: list[str], value: Any, owner: str) -> Target:
-    dotted = ".".join(path)
+def _set(t: Target, knob: str, value: Any, owner: str) -> Target:
+    path = knob.split(".")
     head = path[0]
     if head == "compute":
         c = t.compute
         if path[1] in ("matrix_flops_per_s", "vector_flops_per_s"):
             d = dict(getattr(c, path[1]))
-            d[path[2]] = _as_number(value, dotted, owner, False)
+            d[path[2]] = _as_number(value, knob, owner, False)
             c = dataclasses.replace(c, **{path[1]: FrozenMap(d)})
         elif path[1] == "matrix_tile":
             tile = list(c.matrix_tile)
-            tile["mnk".index(path[2])] = _as_number(value, dotted, owner, True)
+            tile["mnk".index(path[2])] = _as_number(value, knob, owner, True)
             c = dataclasses.replace(c, matrix_tile=tuple(tile))
         else:
-            c = dataclasses.replace(c, **{path[1]: _as_number(value, dotted, owner, path[1] in _INT_FIELDS)})
+            c = dataclasses.replace(c, **{path[1]: _as_number(value, knob, owner, path[1] in INT_FIELDS)})
         return _rebuild(t, compute=c)
     if head == "memory":
-        levels = tuple(dataclasses.replace(m, **{path[2]: _as_number(value, dotted, owner, False)})
-                       if m.name == path[1] else m for m in t.memory)
+        level, field_name = knob[len("memory."):].rsplit(".", 1)     # memory.<level name>.<field>
+        levels = tuple(dataclasses.replace(m, **{field_name: _as_number(value, knob, owner, False)})
+                       if m.name == level else m for m in t.memory)
         return _rebuild(t, memory=levels)
     if head in ("scale_up", "scale_out"):
         net = getattr(t, head)
-        new = dataclasses.replace(net, **{path[1]: _as_number(value, dotted, owner, path[1] in _INT_FIELDS)})
+        new = dataclasses.replace(net, **{path[1]: _as_number(value, knob, owner, path[1] in INT_FIELDS)})
         if path[1] == "domain_size" and net.torus_dims and new.domain_size != net.domain_size:
             new = dataclasses.replace(new, torus_dims=())   # a resized torus is described by its size alone
         return _rebuild(t, **{head: new})
     if head == "efficiency":
-        return _rebuild(t, efficiency=dataclasses.replace(t.efficiency, **{path[1]: _as_number(value, dotted, owner, False)}))
-    return _rebuild(t, **{head: _as_number(value, dotted, owner, False)})
+        return _rebuild(t, efficiency=dataclasses.replace(t.efficiency, **{path[1]: _as_number(value, knob, owner, False)}))
+    return _rebuild(t, **{head: _as_number(value, knob, owner, False)})
 
 
 def _rebuild(t: Target, **changes: Any) -> Target:

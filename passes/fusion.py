@@ -27,58 +27,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from explorer.costs.work import Work
+from explorer.graph import names
 from explorer.graph.importer import GROUPING_OPS
 
+from . import fusion_xla
+from .fusion_ops import (GENERATORS, IN_PLACE_ROOTS, MATMUL, PARTIAL_READERS, REDUCE, Edge, kernel_readers,
+                         materialised, op_class, producer_through_views)
 from .pipeline import register
-from .plan import Kernel, Plan
+from .plan import ExtraKernel, Kernel, Plan
 
-_ELEMENTWISE_PREFIX = ("stablehlo.", "chlo.")
-_MOVEMENT = frozenset({
-    "stablehlo.transpose", "stablehlo.slice", "stablehlo.concatenate", "stablehlo.pad", "stablehlo.reverse",
-    "stablehlo.dynamic_slice", "stablehlo.gather", "stablehlo.copy", "stablehlo.broadcast_in_dim",
-    "stablehlo.broadcast", "stablehlo.iota", "stablehlo.select",
-})
-_GENERATORS = frozenset({"stablehlo.broadcast_in_dim", "stablehlo.broadcast", "stablehlo.iota", "stablehlo.constant"})
-_REDUCE = frozenset({"stablehlo.reduce", "stablehlo.reduce_window"})
-_MATMUL = frozenset({"stablehlo.dot_general", "stablehlo.dot", "stablehlo.convolution"})
-_PARTIAL_READERS = frozenset({"stablehlo.dynamic_slice", "stablehlo.slice", "stablehlo.gather",
-                              "stablehlo.dynamic_update_slice"})
-_IN_PLACE_ROOTS = frozenset({"stablehlo.dynamic_update_slice", "stablehlo.scatter"})
-
-Edge = tuple[int, int]
 STRATEGIES = ("none", "xla", "aggressive", "compiled")
 _ASYNC_STARTS = frozenset({"stablehlo.async_start", "mhlo.async_start"})
-
-
-def op_class(program, oid: int) -> str:
-    """'generator', 'elementwise', 'movement', 'reduce', 'matmul', 'view', 'root' (fusible only as a consumer)
-    or 'opaque' (never fused)."""
-    op = program.graph.ops[oid]
-    w = program.works[oid]
-    if w is None:
-        return "opaque"
-    if op.regions:
-        return "opaque"      # while / case / manual computation: a fusion barrier that reads real buffers
-    if op.name in _GENERATORS:
-        return "generator"
-    if not w.launches_kernel:
-        return "view"
-    if op.name in _MATMUL:
-        return "matmul"
-    if op.name in _REDUCE:
-        return "reduce"
-    if op.name in _MOVEMENT:
-        return "movement"
-    if op.name in _IN_PLACE_ROOTS:
-        return "root"
-    if w.collective or op.regions or op.name.endswith("custom_call"):
-        return "opaque"
-    if (w.vector_flops or w.transcendentals) and not w.matrix_flops and op.name.startswith(_ELEMENTWISE_PREFIX) \
-            and op.name not in ("stablehlo.sort", "stablehlo.fft", "stablehlo.cholesky", "stablehlo.triangular_solve",
-                                "stablehlo.select_and_scatter", "stablehlo.map", "stablehlo.batch_norm_training",
-                                "stablehlo.batch_norm_grad", "stablehlo.batch_norm_inference"):
-        return "elementwise"
-    return "opaque"
+_COPIES = frozenset({"mhlo.copy", "stablehlo.copy", "mhlo.bitcast"})
 
 
 class _Groups:
@@ -143,19 +104,40 @@ class Fuse:
 
     def candidates(self, program, target=None) -> list[Edge]:
         """Every producer->consumer edge this strategy fuses (the decisions one can forbid)."""
-        return sorted(self._fuse(program, target)[1])
+        return sorted(self._fuse(program, target)[2])
 
     # -- entry point --------------------------------------------------------------
     def run(self, program, plan: Plan, target) -> Plan:
         if self.strategy == "compiled":
             return plan.with_(kernels=compiled_kernels(program, plan))
-        groups, _ = self._fuse(program, target)
-        kernels = build_kernels(program, groups, target, spill=self.strategy == "aggressive", plan=plan)
-        return plan.with_(kernels=kernels)
+        extra: tuple[ExtraKernel, ...] = ()
+        if self.strategy in ("xla", "aggressive"):
+            d = self._decision(program, target)
+            groups, copies = d.groups, d.copies
+            extra = _layout_copy_kernels(program, plan, d.layout_copies)
+        else:
+            groups, copies, _ = self._fuse(program, target)
+        kernels = build_kernels(program, groups, target, plan=plan, copies=copies)
+        return plan.with_(kernels=kernels, extra_kernels=plan.extra_kernels + extra)
 
-    def _fuse(self, program, target) -> tuple[list[list[int]], set[Edge]]:
+    def _decision(self, program, target) -> fusion_xla.Fusion:
+        return fusion_xla.decide(program, target, set(parse_edges(self.forbid)), parse_edges(self.force),
+                                 multi_output=self.multi_output, matmul_epilogue=self.matmul_epilogue,
+                                 aggressive=self.strategy == "aggressive")
+
+    def _fuse(self, program, target) -> tuple[list[list[int]], list[frozenset[int]], set[Edge]]:
+        """(groups of op ids, the ops recomputed in each group, the producer -> consumer edges fused)."""
         if self.strategy == "compiled":
-            return compiled_groups(program), set()
+            groups = compiled_groups(program)
+            return groups, [frozenset()] * len(groups), set()
+        if self.strategy in ("xla", "aggressive"):
+            d = self._decision(program, target)
+            return d.groups, d.copies, d.made
+        groups, made = self._legacy(program, target)
+        return groups, [frozenset()] * len(groups), made
+
+    def _legacy(self, program, target) -> tuple[list[list[int]], set[Edge]]:
+        """``none`` and ``aggressive``: consumer-driven union of producers into their single consumer."""
         graph = program.graph
         live = [op.id for op in graph.ops if program.works[op.id] is not None and program.weights[op.id] > 0]
         cls = {o: op_class(program, o) for o in live}
@@ -165,7 +147,7 @@ class Fuse:
             return [[o] for o in singles], made
         users = graph.consumers()
         kernel_ops = [o for o in live if (program.works[o].launches_kernel and cls[o] != "generator")
-                      or (cls[o] == "generator" and _materialised(program, o, cls, users))]
+                      or (cls[o] == "generator" and materialised(program, o, cls, users))]
         in_group = set(kernel_ops)
         external: dict[int, set[int]] = {}
         for o in kernel_ops:
@@ -173,7 +155,7 @@ class Fuse:
             for r in graph.ops[o].results:
                 if r in graph.escaping or r in graph.outputs:
                     ext.add(-1)
-                ext |= _kernel_readers(graph, users, r, in_group.__contains__,
+                ext |= kernel_readers(graph, users, r, in_group.__contains__,
                                        lambda u: cls.get(u) in ("view", "generator"))
             ext.discard(o)
             external[o] = ext
@@ -220,7 +202,7 @@ class Fuse:
             while work:   # ops of c's group whose producers have not been tried yet
                 o = work.pop()
                 for v in graph.ops[o].operands:
-                    p = _producer_through_views(graph, v, cls)
+                    p = producer_through_views(graph, v, cls)
                     if p is None or p not in in_group or groups.find(p) == groups.find(o):
                         continue
                     if allowed(p, o):
@@ -291,71 +273,6 @@ def _leaves_and_returns(graph, members: set[int], users, in_group, limit: int = 
     return len(seen) >= limit
 
 
-def _producer_through_views(graph, vid: int, cls) -> int | None:
-    """The op that really produces a value, looking through reshapes/bitcasts (views, not kernels)."""
-    for _ in range(64):
-        p = graph.producers.get(vid)
-        if p is None or cls.get(p) != "view" or len(graph.ops[p].operands) != 1:
-            return p
-        vid = graph.ops[p].operands[0]
-    return None
-
-
-def _kernel_readers(graph, users, vid: int, is_kernel, is_transparent) -> set[int]:
-    """The kernels that read a value, looking through readers that are no kernel of their own (views,
-    broadcasts duplicated into their readers); -1 for a reader that is neither (a loop, a program output)."""
-    out, stack, seen = set(), [vid], set()
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        if v in graph.outputs or v in graph.escaping:
-            out.add(-1)
-        for u in users.get(v, ()):
-            if is_kernel(u):
-                out.add(u)
-            elif is_transparent(u):
-                stack.extend(graph.ops[u].results)
-            else:
-                out.add(-1)
-    return out
-
-
-def _real_users(graph, users, vid: int) -> list[int]:
-    """Readers of a value, looking through views (reshape/bitcast), which are not kernels."""
-    out, stack, seen = [], [vid], set()
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        for u in users.get(v, ()):
-            op = graph.ops[u]
-            if op.name in ("stablehlo.reshape", "stablehlo.bitcast_convert"):
-                stack.extend(op.results)
-            else:
-                out.append(u)
-    return out
-
-
-def _materialised(program, oid: int, cls, users) -> bool:
-    """A generator is materialised only when something that cannot fuse it reads it (or it is an output)."""
-    graph = program.graph
-    op = graph.ops[oid]
-    if cls[oid] == "view":
-        return False
-    for r in op.results:
-        if r in graph.outputs or r in graph.escaping:
-            return True
-        for u in _real_users(graph, users, r):
-            if u not in cls or cls[u] in ("opaque", "root", "matmul"):
-                if op.name == "stablehlo.constant":
-                    return False   # constants are baked into the executable
-                return True
-    return False
-
-
 def _sibling_fusion(program, groups, cls, in_group, made, users) -> None:
     """Multi-output fusion: loop/reduce groups that read the same large value and do not depend on each other."""
     graph = program.graph
@@ -418,18 +335,49 @@ def parse_edges(text: str) -> list[Edge]:
 
 
 def build_kernels(program, groups: list[list[int]], target=None, spill: bool = False,
-                  plan: Plan | None = None) -> tuple[Kernel, ...]:
+                  plan: Plan | None = None, copies: list[frozenset[int]] | None = None) -> tuple[Kernel, ...]:
     """Price each group's boundary: distinct values read from outside, values used outside
-    (sizes and work per device when a sharding pass has set them in ``plan``)."""
+    (sizes and work per device when a sharding pass has set them in ``plan``). ``copies``: per group, the ops
+    recomputed inside it (duplicated producers): the kernel reads their inputs instead of their results."""
     plan = plan or Plan()
     graph = program.graph
     users = graph.consumers()
+    copies = list(copies) if copies is not None else [frozenset()] * len(groups)
     kernel_ops = {o for g in groups for o in g}
-    copies = lambda u: graph.ops[u].name in _GENERATORS or graph.ops[u].name in ("stablehlo.reshape",
-                                                                                   "stablehlo.bitcast_convert")
+    copy_owners: dict[int, set[int]] = {}
+    for gi, dup in enumerate(copies):
+        for o in dup:
+            copy_owners.setdefault(o, set()).add(gi)
+
+    def read_outside(vid: int, gi: int, mset: set[int]) -> bool:
+        """Whether something outside group ``gi`` reads ``vid`` (through views and broadcasts no kernel owns)."""
+        stack, seen = [vid], set()
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if v in graph.outputs or v in graph.escaping:
+                return True
+            for u in users.get(v, ()):
+                if u in mset:
+                    continue
+                if u in kernel_ops:
+                    return True
+                if u in copy_owners:
+                    if copy_owners[u] - {gi}:
+                        return True
+                    stack.extend(graph.ops[u].results)
+                elif _looked_through(graph, u):
+                    stack.extend(graph.ops[u].results)
+                else:
+                    return True
+        return False
+
     kernels = []
-    for members in sorted(groups):
+    for gi, members in sorted(enumerate(groups), key=lambda t: t[1]):
         mset = set(members)
+        dup = copies[gi]
         reads: dict[int, float] = {}
         for o in members:
             op = graph.ops[o]
@@ -439,7 +387,7 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
                 p = graph.producers.get(v)
                 if p is not None and p in mset:
                     continue
-                for src, nbytes in _read_sources(program, plan, v, op, i, kernel_ops, mset):
+                for src, nbytes in _read_sources(program, plan, v, op, i, kernel_ops, mset, dup):
                     reads[src] = max(reads.get(src, 0.0), nbytes)
         writes: list[tuple[int, float]] = []
         intermediates = 0.0
@@ -447,18 +395,16 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
             op = graph.ops[o]
             w = plan.work(program, o)
             for r in op.results:
-                outside = r in graph.outputs or r in graph.escaping or any(
-                    u not in mset for u in _kernel_readers(graph, users, r, kernel_ops.__contains__, copies))
-                if outside:
-                    writes.append((r, float(w.bytes_written if op.name in _IN_PLACE_ROOTS else plan.nbytes(program, r))))
-                elif op.name in _MATMUL:
+                if read_outside(r, gi, mset):
+                    writes.append((r, float(w.bytes_written if op.name in IN_PLACE_ROOTS else plan.nbytes(program, r))))
+                elif op.name in MATMUL:
                     intermediates += plan.nbytes(program, r)
         spill_bytes = 0.0
         if spill and target is not None and intermediates:
             # A matmul chain is computed tile by tile (FlashAttention-style): one output tile of the first matmul
             # per unit must fit in that unit's share of on-chip memory; beyond that it is written out and read back.
             cap = target.on_chip.capacity_bytes if target.on_chip is not None else 0.0
-            first = min((o for o in members if graph.ops[o].name in _MATMUL), default=None)
+            first = min((o for o in members if graph.ops[o].name in MATMUL), default=None)
             g = plan.work(program, first).gemm if first is not None else None
             tm, tn, _ = target.compute.matrix_tile
             # online-softmax style: each output tile of the first matmul is consumed as soon as it is made
@@ -467,27 +413,31 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
             if per_unit_tile > cap / target.compute.matrix_units:
                 spill_bytes = 2.0 * intermediates
         kinds = {graph.ops[o].name for o in members}
-        kind = "single" if len(members) == 1 else ("output" if kinds & _MATMUL else ("input" if kinds & _REDUCE else "loop"))
+        kind = "single" if len(members) == 1 else ("output" if kinds & MATMUL else ("input" if kinds & REDUCE else "loop"))
         kernels.append(Kernel(ops=tuple(members), reads=tuple(sorted(reads.items())), writes=tuple(writes),
-                              spill_bytes=spill_bytes, kind=kind))
+                              spill_bytes=spill_bytes, kind=kind, recomputed=tuple(sorted(dup))))
     return tuple(kernels)
 
 
+def _looked_through(graph, oid: int) -> bool:
+    """Ops no kernel owns that a kernel reading their result computes itself: broadcasts, iotas, constants, views."""
+    return graph.ops[oid].name in GENERATORS or graph.ops[oid].name in ("stablehlo.reshape", "stablehlo.bitcast_convert")
+
+
 def _read_sources(program, plan: Plan, v: int, reader, operand_index: int, kernel_ops: set[int],
-                  members: set[int]):
-    """What reading value ``v`` costs the kernel: generators are looked through (duplicated
-    into the kernel, reading their own inputs); partial readers read only their slice."""
+                  members: set[int], recomputed: frozenset[int] = frozenset()):
+    """What reading value ``v`` costs the kernel: generators, views and ops recomputed in the kernel are looked
+    through (the kernel reads their inputs); partial readers read only their slice."""
     graph = program.graph
     p = graph.producers.get(v)
     if p is not None and p in members:
         return   # produced inside this kernel (reached through a view)
-    if p is not None and graph.ops[p].name in _GENERATORS | {"stablehlo.reshape", "stablehlo.bitcast_convert"} \
-            and p not in kernel_ops:
-        for u in graph.ops[p].operands:
-            yield from _read_sources(program, plan, u, graph.ops[p], 0, kernel_ops, members)
+    if p is not None and p not in kernel_ops and (p in recomputed or _looked_through(graph, p)):
+        for j, u in enumerate(graph.ops[p].operands):
+            yield from _read_sources(program, plan, u, graph.ops[p], j, kernel_ops, members, recomputed)
         return
     nbytes = plan.nbytes(program, v)
-    if reader.name in _PARTIAL_READERS and operand_index == 0:
+    if reader.name in PARTIAL_READERS and operand_index == 0:
         if reader.name == "stablehlo.dynamic_update_slice":
             nbytes = 0.0   # in place: the buffer is not read
         else:
@@ -546,7 +496,25 @@ def compiled_kernels(program, plan: Plan) -> tuple[Kernel, ...]:
     for kern in build_kernels(program, compiled_groups(program), plan=plan):
         lead = graph.ops[kern.ops[0]]
         if lead.name in _ASYNC_STARTS:
+            inner = {graph.ops[o].name for o in kern.ops[1:]}
+            # an async copy (XLA:TPU prefetching into another memory space) is a DMA, not a compute kernel
+            kind = "copy" if inner and inner <= _COPIES else "async"
             kern = Kernel(ops=kern.ops, reads=kern.reads, writes=kern.writes, spill_bytes=kern.spill_bytes,
-                          kind="async", overlappable=True)
+                          kind=kind, overlappable=True)
         kernels.append(kern)
     return tuple(kernels)
+
+
+def _layout_copy_kernels(program, plan: Plan, copies: list[tuple[int, int]]) -> tuple[ExtraKernel, ...]:
+    """XLA:GPU's transposing copies of matmul operands a GEMM cannot read as they are (see
+    ``fusion_xla.gemm_ready``): each reads and writes the operand once, just before its matmul."""
+    graph = program.graph
+    out = []
+    for v, m in copies:
+        nb = plan.nbytes(program, v)
+        p = graph.producers.get(v)
+        after = p if p is not None and graph.ops[p].frames == graph.ops[m].frames else m
+        phase, layer, _ = names.parse(graph.ops[m].name_stack)
+        out.append(ExtraKernel(name="copy[transpose]", work=Work(bytes_read=nb, bytes_written=nb), after_op=after,
+                               layer=layer, phase=phase))
+    return tuple(out)

@@ -23,6 +23,7 @@ _PASSES: dict[str, type] = {}
 _INFRA = {"passes.plan", "passes.pipeline", "passes.verify"}
 DEFAULT_PIPELINE = "fuse{strategy=xla}"
 COMPILED_PIPELINE = "fuse{strategy=compiled}"
+SHARDED_PREFIX = "shard"          # the sharding pass in its read-the-program mode (no mesh)
 
 
 class PassError(RuntimeError):
@@ -52,12 +53,24 @@ def _discover() -> None:
 
 def default_pipeline(program=None) -> str:
     """The pipeline ``explorer.estimate`` uses unless told otherwise: XLA-like fusion, or, for a program a
-    compiler already fused (``explorer.lower(..., compiler="xla")``), the compiler's own kernels."""
-    if "fuse" not in available():
+    compiler already fused (``explorer.lower(..., compiler="xla")``), the compiler's own kernels. A program that
+    carries shardings over several devices (``NamedSharding`` in- / out-shardings, ``with_sharding_constraint``)
+    is first partitioned as JAX asked, by the sharding pass reading the program (``shard``), so its estimate is
+    per device with the collectives the partitioner would insert; its notes name the mesh."""
+    passes = available()
+    if "fuse" not in passes:
         return ""
     if program is not None and is_compiled(program):
         return COMPILED_PIPELINE
+    if program is not None and "shard" in passes and _carries_shardings(passes["shard"], program):
+        return f"{SHARDED_PREFIX},{DEFAULT_PIPELINE}"
     return DEFAULT_PIPELINE
+
+
+def _carries_shardings(shard_pass: type, program) -> bool:
+    """Asked of the registered sharding pass (``carries_shardings``), so this module imports no pass."""
+    ask = getattr(shard_pass, "carries_shardings", None)
+    return bool(ask(program)) if callable(ask) else False
 
 
 def is_compiled(program) -> bool:
@@ -134,8 +147,9 @@ def to_text(passes: Sequence[Any]) -> str:
     for p in passes:
         fields = dataclasses.fields(p)
         # non-default options, and always the first (primary) option so "fuse{strategy=xla}" reads plainly
+        # (an empty first option at its default, ``shard{mesh=}``, reads as the bare name)
         opts = ",".join(f"{f.name}={_fmt(getattr(p, f.name))}" for i, f in enumerate(fields)
-                        if i == 0 or getattr(p, f.name) != f.default)
+                        if (i == 0 and getattr(p, f.name) != "") or getattr(p, f.name) != f.default)
         out.append(f"{p.name}{{{opts}}}" if opts else p.name)
     return ",".join(out)
 

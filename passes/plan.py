@@ -26,6 +26,12 @@ class Kernel:
     spill_bytes: float = 0.0
     kind: str = "loop"      # "loop", "input" (reduction), "output" (matmul + epilogue), "single", "async"
     overlappable: bool = False   # may run concurrently with independent compute (a compiler's async collective)
+    recomputed: tuple[int, ...] = ()   # producers duplicated into this kernel: recomputed here, owned by no kernel
+
+    @property
+    def priced_ops(self) -> tuple[int, ...]:
+        """The ops whose work this kernel does: its own and the ones it recomputes."""
+        return self.ops + self.recomputed
 
     @property
     def bytes_in(self) -> float:

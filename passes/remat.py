@@ -154,12 +154,23 @@ def analyse(graph, layers: str = "") -> Analysis:
     return out
 
 
+def _layer_pattern(layers: str) -> "re.Pattern[str]":
+    """``layers`` compiled; a bad pattern is a ``ValueError`` naming the option and the pattern (``re.error`` is not
+    a ``ValueError``, so it would escape the pipeline's option checks)."""
+    if not isinstance(layers, str):
+        raise ValueError(f"remat: option layers must be a regular expression (str), got {layers!r}")
+    try:
+        return re.compile(layers)
+    except re.error as exc:
+        raise ValueError(f"remat: option layers={layers!r} is not a valid regular expression: {exc}") from None
+
+
 def _unit_keys(graph, forward: Sequence[int], layers: str) -> dict[int, str]:
     """forward op id -> its repeated layer. ``layers``: a regex matched at the start of the layer path;
     by default the shallowest path component with two or more indexed siblings (h_0, h_1 / layers_0 ...)."""
     paths = {o: names.parse(graph.ops[o].name_stack)[1] for o in forward}
     if layers:
-        pat = re.compile(layers)
+        pat = _layer_pattern(layers)
         return {o: m.group(0) for o, p in paths.items() if (m := pat.match(p)) and m.group(0)}
     comps = {o: p.split("/") for o, p in paths.items() if p != "(top)"}
     depth = max((len(c) for c in comps.values()), default=0)
@@ -339,7 +350,7 @@ def _compute_seconds_by_op(program, plan: Plan, target) -> np.ndarray:
     kernels = kernels_of(program, plan)
     secs = np.zeros(len(program.graph.ops))
     for kern in kernels:
-        works = [w for w in (plan.work(program, o) for o in kern.ops) if w is not None]
+        works = [w for w in (plan.work(program, o) for o in kern.priced_ops) if w is not None]
         runs = program.weights[kern.ops[0]]
         t = timing.kernel_time(target, works, traffic_by_level(target, plan.placement, kern))
         if t.bound == "compute" and runs:
@@ -381,7 +392,7 @@ class Remat:
         if self.budget_bytes < 0:
             raise ValueError(f"budget_bytes must be >= 0, got {self.budget_bytes}")
         if self.layers:
-            re.compile(self.layers)
+            _layer_pattern(self.layers)
 
     def alternatives(self) -> list["Remat"]:
         return [Remat(policy=p, budget_bytes=self.budget_bytes, layers=self.layers, allow_offload=self.allow_offload)

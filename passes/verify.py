@@ -33,11 +33,19 @@ def _verify_kernels(program, plan: Plan, where: str) -> None:
             owner[o] = k
         if kern.bytes_in < 0 or kern.bytes_out < 0 or kern.spill_bytes < 0:
             raise PlanInvariantError(f"kernel {k} has negative traffic{where}")
-    # every op that does work is priced exactly once (generators/views may be duplicated into consumers)
+    # every op that does work is priced: in exactly one kernel, or recomputed in the kernels that read it
+    # (generators and views are duplicated into their consumers without being listed)
+    recomputed = {o for kern in plan.kernels for o in kern.recomputed}
+    for kern in plan.kernels:
+        for o in kern.recomputed:
+            if o in owner:
+                raise PlanInvariantError(f"op {o} ({graph.ops[o].name}) is owned by kernel {owner[o]} and "
+                                         f"recomputed elsewhere{where}")
     for op, w, runs in zip(graph.ops, program.works, program.weights):
         if w is None or runs == 0 or not w.launches_kernel:
             continue
-        if op.id not in owner and (w.flops or w.transcendentals or w.collective_bytes) and not _is_generator(op):
+        if op.id not in owner and op.id not in recomputed and (w.flops or w.transcendentals or w.collective_bytes) \
+                and not _is_generator(op):
             raise PlanInvariantError(f"op {op.id} ({op.name}, {op.name_stack}) is in no kernel{where}")
     # acyclic: the kernel graph (kernel -> kernels reading its results) is a DAG
     edges: dict[int, set[int]] = defaultdict(set)

@@ -174,6 +174,30 @@ def test_build_target_fits_the_schema():
     assert faster.main_memory.bandwidth_bytes_per_s == pytest.approx(2 * TRUE["bw"])
 
 
+def test_the_host_runs_its_kernels_one_after_another_on_one_stream():
+    """XLA:CPU runs a call's kernels on the calling thread: no host running ahead of a device. The fitted fixed
+    cost per kernel is the gap between kernels, the call's launch is free (its dispatch is measured apart), f32
+    matmuls run natively and there is no collective stream to overlap."""
+    fit = cal.fit_measurements(fake_raw())
+    target = host_mod.build_target({"cpu_model": "Test CPU", "jax": "0.0"}, fit)
+    assert (target.launch_mode, target.launch_overhead_s, target.kernel_gap_s) == ("graph", 0.0, fit.launch_overhead_s)
+    assert target.f32_matmul_mode == "fp32" and target.async_collectives is False
+    # so a chain of n tiny dependent kernels costs n x (body + gap): the sum the fit inverted
+    import jax
+    import jax.numpy as jnp
+
+    import explorer
+
+    def chain(x):
+        for _ in range(6):
+            x = jnp.sin(x)
+        return x
+    est = explorer.estimate(explorer.lower(chain, jax.ShapeDtypeStruct((8,), jnp.float32)), target,
+                            pipeline="fuse{strategy=none}")
+    assert est.seconds == pytest.approx(sum(k.seconds for k in est.kernels), rel=1e-12)
+    assert est.overhead_seconds == pytest.approx(6 * fit.launch_overhead_s, rel=1e-9)
+
+
 class FakeMeasure:
     def __init__(self):
         self.calls = 0

@@ -54,17 +54,114 @@ def test_reduction_input_fusion(h100):
 
 
 def test_matmul_epilogue_output_fusion(h100):
+    # XLA:TPU fuses a matmul's elementwise consumers into it (output fusion); XLA:GPU on Hopper splits this small
+    # GEMM along K and the kernel that adds the partial sums takes the bias add and the activation
+    # (benchmarks/fusion_patterns_xla.py: gemm_128x256x512_bias_relu)
     def f(x, w, b):
         return jax.nn.relu(x @ w + b)
     x, w, b = S((128, 256), jnp.bfloat16), S((256, 512), jnp.bfloat16), S((512,), jnp.bfloat16)
     prog = explorer.lower(f, x, w, b)
-    plan = plan_for(prog, h100, "fuse{strategy=xla}")
-    (kern,) = [k for k in plan.kernels if k.kind == "output"]
-    assert len(plan.kernels) == 1
+    tpu = hw_targets.load("tpu_v5p")
+    plan = plan_for(prog, tpu, "fuse{strategy=xla}")
+    (kern,) = plan.kernels
+    assert kern.kind == "output"
     assert kern.bytes_in == (128 * 256 + 256 * 512 + 512) * 2
     assert kern.bytes_out == 128 * 512 * 2
-    no_epi = plan_for(prog, h100, "fuse{strategy=xla,matmul_epilogue=false}")
-    assert len(no_epi.kernels) == 2
+    assert len(plan_for(prog, tpu, "fuse{strategy=xla,matmul_epilogue=false}").kernels) == 2
+    gemm, epilogue = plan_for(prog, h100, "fuse{strategy=xla}").kernels
+    assert gemm.kind == "single" and gemm.bytes_out == 128 * 512 * 2          # the product goes through memory
+    assert epilogue.bytes_in == (128 * 512 + 512) * 2 and epilogue.bytes_out == 128 * 512 * 2
+
+
+def kernel_ops(prog, plan):
+    """Each kernel's op names (short), recomputed producers included, generators and views left out."""
+    out = []
+    for k in plan.kernels:
+        names = sorted(prog.graph.ops[o].short_name for o in k.priced_ops
+                       if prog.works[o] is not None and prog.works[o].launches_kernel
+                       and prog.graph.ops[o].short_name not in ("broadcast_in_dim", "iota", "constant"))
+        out.append(names)
+    return out
+
+
+A = S((4096, 4096), jnp.bfloat16)
+
+
+def test_gpu_gemm_takes_cheap_epilogues_not_gelu(h100):
+    # measured on XLA:GPU (fusion_patterns_xla: dot_bias, dot_bias_gelu): a large GEMM takes the bias add; GELU
+    # (a tanh) stays a kernel of its own, and so does a widening convert read by a reduction
+    bias = jnp.ones((4096,), jnp.bfloat16)
+    prog = explorer.lower(lambda a, b: jax.nn.gelu(a @ b + bias), A, A)
+    plan = plan_for(prog, h100, "fuse{strategy=xla}")
+    gemm, gelu = kernel_ops(prog, plan)
+    assert gemm == ["add", "dot_general"] and "tanh" in gelu
+    assert plan.kernels[0].bytes_out == 4096 * 4096 * 2
+    prog = explorer.lower(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).sum(1), A, A)
+    assert kernel_ops(prog, plan_for(prog, h100, "fuse{strategy=xla}")) == [["dot_general"], ["reduce"]]
+
+
+def test_gpu_split_k_keeps_the_epilogue_apart_on_hopper_only():
+    # M*N < 1024*K: Hopper splits K and a reduction kernel takes the epilogue; the A100 config does not
+    def f(x, w, c):
+        return jax.nn.relu(x @ w + c)
+    args = S((1024, 2048), jnp.bfloat16), S((2048, 1024), jnp.bfloat16), S((1024,), jnp.bfloat16)
+    prog = explorer.lower(f, *args)
+    assert len(plan_for(prog, hw_targets.load("h100_sxm"), "fuse{strategy=xla}").kernels) == 2
+    assert len(plan_for(prog, hw_targets.load("a100_sxm"), "fuse{strategy=xla}").kernels) == 1
+    square = explorer.lower(f, S((1024, 1024), jnp.bfloat16), S((1024, 1024), jnp.bfloat16), S((1024,), jnp.bfloat16))
+    assert len(plan_for(square, hw_targets.load("h100_sxm"), "fuse{strategy=xla}").kernels) == 1
+
+
+def test_gpu_readers_of_a_matmul_result_stay_apart(h100):
+    # XLA:GPU does not merge sibling readers of a GEMM's result (dot_two_readers), but does those of an input
+    prog = explorer.lower(lambda a, b: (lambda y: (y * 2, y + 1))(a @ b), A, A)
+    assert len(plan_for(prog, h100, "fuse{strategy=xla}").kernels) == 3
+    prog = explorer.lower(lambda a: (a * 2, a + 1), A)
+    (kern,) = plan_for(prog, h100, "fuse{strategy=xla}").kernels
+    assert kern.bytes_in == 4096 * 4096 * 2 and kern.bytes_out == 2 * 4096 * 4096 * 2
+
+
+def test_lone_ops_are_no_sibling_fusion_hosts(h100):
+    # two single-op kernels reading the same inputs stay two kernels (XLA merges siblings into a fusion)
+    prog = explorer.lower(lambda a, b: (a + b, a - b), A, A)
+    assert len(plan_for(prog, h100, "fuse{strategy=xla}").kernels) == 2
+
+
+def test_producer_joins_all_its_readers(h100):
+    # producer-consumer multi-output fusion into every reader of the same loop: one kernel, exp computed once
+    prog = explorer.lower(lambda a: (lambda y: (y * 2, y + 1))(jnp.exp(a) * 3), A)
+    (kern,) = plan_for(prog, h100, "fuse{strategy=xla}").kernels
+    assert kern.bytes_in == 4096 * 4096 * 2 and kern.bytes_out == 2 * 4096 * 4096 * 2
+    prog = explorer.lower(lambda a: (lambda y: (y.astype(jnp.float32).sum(1), (y * 2).astype(jnp.float32).sum(1)))(
+        jnp.exp(a) * 3), A)
+    (kern,) = plan_for(prog, h100, "fuse{strategy=xla}").kernels
+    assert kern.bytes_out == 2 * 4096 * F32
+
+
+def test_gemm_operand_in_another_layout_is_copied_first(h100):
+    # an einsum whose batch dims are not leading: XLA:GPU transposes each input operand first (two copies)
+    q = S((4, 1024, 64, 64), jnp.bfloat16)
+    prog = explorer.lower(lambda x, y: jnp.einsum("bqhd,bkhd->bhqk", x, y), q, q)
+    plan = plan_for(prog, h100, "fuse{strategy=xla}")
+    copies = [e for e in plan.extra_kernels if e.name == "copy[transpose]"]
+    assert len(copies) == 2 and all(e.work.bytes_read == e.work.bytes_written == 4 * 1024 * 64 * 64 * 2 for e in copies)
+    est = explorer.estimate(prog, h100)
+    assert est.bytes_accessed == 2 * 2 * (4 * 1024 * 64 * 64 * 2) + plan.kernels[0].bytes_moved
+    # the same product with operands already in a GEMM's order needs none, nor does a TPU
+    ready = explorer.lower(lambda x, y: jnp.einsum("bhqd,bhkd->bhqk", x, y), q, q)
+    assert not plan_for(ready, h100, "fuse{strategy=xla}").extra_kernels
+    assert not plan_for(prog, hw_targets.load("tpu_v5p"), "fuse{strategy=xla}").extra_kernels
+
+
+def test_mask_from_iotas_is_recomputed_in_every_reader(h100):
+    # a causal mask computed from iotas reads nothing: it is recomputed in each reader, never a kernel
+    def f(s):
+        mask = jnp.tril(jnp.ones((1024, 1024), bool))
+        x = jnp.where(mask, s, -1e30)
+        return jax.nn.softmax(x, axis=-1), (x * 2).sum()
+    prog = explorer.lower(f, S((8, 1024, 1024), jnp.float32))
+    plan = plan_for(prog, h100, "fuse{strategy=xla}")
+    assert all(k.bytes_in >= 8 * 1024 * 1024 * F32 for k in plan.kernels)   # every kernel reads s, none a mask
 
 
 def test_forbid_a_single_decision(h100):

@@ -178,3 +178,49 @@ def test_embedded_figures_agree_with_the_csv_where_it_is_checked_out():
         assert float(row["hbm_capacity_GB"]) == hbm_gb, name
         assert float(row["hbm_bw_TBps"]) == hbm_tbps, name
         assert str(bf16_tflops) in row["bf16_dense_tflops"], name
+
+
+# -- the fields the step scheduler and the precision rule read (issue 12) -----------------------------------
+@pytest.mark.parametrize("name", hw_targets.names())
+def test_every_preset_says_how_it_launches_and_runs_f32(name):
+    """Every preset sets the launch mode, the gap between kernels, async collectives and the f32 matmul mode
+    itself (each line with its source), rather than leaning on the defaults."""
+    text = (PRESETS / f"{name}.toml").read_text()
+    for key in ("launch_mode", "kernel_gap_s", "async_collectives", "f32_matmul"):
+        line = next((ln for ln in text.splitlines() if ln.split("=")[0].strip() == key), None)
+        assert line is not None, f"{name}.toml has no {key}"
+        assert re.search(r"#\s*(source|derived|assumption)", line), f"{name}.toml: {line}"
+    t = hw_targets.load(name)
+    assert t.launch_mode in ("per_kernel", "graph") and t.f32_matmul_mode in ("tf32", "bf16_passes", "fp32")
+    assert t.knobs()["kernel_gap_s"] == t.kernel_gap_s
+    if t.kind == "tpu":
+        assert t.launch_mode == "graph" and t.f32_matmul_mode == "bf16_passes"
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ('launch_mode = "graph"', 'launch_mode = "eager"',
+     r"bad.toml: field 'launch_mode' must be one of 'per_kernel', 'graph', got 'eager'"),
+    ("kernel_gap_s = 4e-6", "kernel_gap_s = -1e-6", r"bad.toml: field 'kernel_gap_s' must be >= 0, got -1e-06"),
+    ("kernel_gap_s = 4e-6", "kernel_gap_s = 1.0", r"bad.toml: field 'kernel_gap_s' must be in \[0, 0.01\] s, got 1.0"),
+    ("async_collectives = true", 'async_collectives = "yes"',
+     r"bad.toml: field 'async_collectives' must be true or false, got 'yes'"),
+    ('f32_matmul = "tf32"', 'f32_matmul = "tf16"',
+     r"bad.toml: field 'compute.f32_matmul' must be one of 'tf32', 'bf16_passes', 'fp32', got 'tf16'"),
+    ('launch_mode = "graph"', 'launch_mod = "graph"', r"bad.toml: unknown field 'launch_mod' = 'graph' \(did you mean 'launch_mode'\?\)"),
+])
+def test_bad_schedule_fields_name_the_file_field_and_value(tmp_path, old, new, expected):
+    with pytest.raises(TargetError, match=expected):
+        hw_targets.load(write_variant(tmp_path, old, new))
+
+
+def test_schedule_fields_default_when_a_file_leaves_them_out(tmp_path):
+    text = (PRESETS / "h100_sxm.toml").read_text()
+    keep = [ln for ln in text.splitlines() if ln.split("=")[0].strip() not in
+            ("launch_mode", "kernel_gap_s", "async_collectives", "f32_matmul")]
+    path = tmp_path / "plain.toml"
+    path.write_text("\n".join(keep) + "\n")
+    t = hw_targets.load(path)
+    # per-kernel launches, no gap, async collectives; TF32 because the chip lists a tf32 rate
+    assert (t.launch_mode, t.kernel_gap_s, t.async_collectives, t.compute.f32_matmul) == ("per_kernel", 0.0, True, "")
+    assert t.f32_matmul_mode == "tf32"
+    assert t.replace(kernel_gap_s=2e-6).kernel_gap_s == 2e-6

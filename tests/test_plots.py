@@ -40,14 +40,16 @@ def test_roofline_and_layers(prog, h100, tmp_path):
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     points = [c for c in ax.collections if len(c.get_offsets())]
     assert sum(len(c.get_offsets()) for c in points) == sum(1 for k in est.kernels if k.flops and k.bytes_moved)
-    # the compute roof sits at the achievable bf16 peak
+    # the compute roof sits at the achievable bf16 peak, in engineering units (TFLOP/s, not raw 1e14)
+    assert ax.get_ylabel() == "achieved TFLOP/s"
     roof = max(line.get_ydata().max() for line in ax.get_lines())
-    assert roof == pytest.approx(h100.matrix_rate("bf16") * h100.efficiency.matrix)
+    assert roof == pytest.approx(h100.matrix_rate("bf16") * h100.efficiency.matrix / 1e12)
     out = plots.save(fig, tmp_path / "roofline.png")
     assert out.read_bytes()[:8] == PNG_MAGIC
     fig = est.plot_layers()
     bars = fig.axes[0].patches
-    assert sum(b.get_width() for b in bars) == pytest.approx(est.seconds * 1e3, rel=1e-9)
+    scale = {"time (ms)": 1e-3, "time (us)": 1e-6, "time (s)": 1.0}[fig.axes[0].get_xlabel()]
+    assert sum(b.get_width() for b in bars) == pytest.approx(est.seconds / scale, rel=1e-9)
     assert plots.save(fig, tmp_path / "layers.svg").read_text().lstrip().startswith("<?xml")
     assert plots.save(plots.estimate_overview(est, h100), tmp_path / "both.png").stat().st_size > 0
 
@@ -64,7 +66,8 @@ def test_sweep_and_pareto_plots(res, tmp_path):
     fig = plots.pareto_plot(res, cost="tdp_w")
     front = res.pareto(cost="tdp_w")
     step = fig.axes[0].get_lines()[0]
-    assert list(step.get_ydata()) == list(front.column("seconds"))
+    assert fig.axes[0].get_ylabel() == "seconds (us)" and fig.axes[0].get_xlabel() == "tdp_w (W)"
+    assert list(step.get_ydata()) == pytest.approx(list(front.column("seconds") * 1e6), rel=1e-12)
     assert plots.save(fig, tmp_path / "pareto.svg").stat().st_size > 0
 
 
@@ -74,7 +77,9 @@ def test_compare_and_sensitivity_plots(prog, h100, tmp_path):
     heights = {}
     for bar in fig.axes[0].patches:
         heights[bar.get_x()] = heights.get(bar.get_x(), 0.0) + bar.get_height()
-    assert sorted(heights.values()) == pytest.approx(sorted(e.seconds * 1e3 for e in cmp.estimates), rel=1e-9)
+    unit = fig.axes[0].get_ylabel().split("(")[1].split(";")[0]
+    scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0}[unit]
+    assert sorted(heights.values()) == pytest.approx(sorted(e.seconds / scale for e in cmp.estimates), rel=1e-9)
     assert plots.save(fig, tmp_path / "cmp.png").read_bytes()[:8] == PNG_MAGIC
     sens = explorer.sensitivity(prog, h100, knobs=["memory.hbm.bandwidth_bytes_per_s", "efficiency.matrix"])
     fig = plots.sensitivity_plot(sens)

@@ -76,3 +76,36 @@ def test_bad_cases_file_names_the_key(tmp_path):
         regress.load_cases(tmp_path)
     with pytest.raises(regress.RegressionError, match="no case 'nope'"):
         regress.check(regress.DEFAULT_DIR, ["nope"])
+
+
+def test_the_default_directory_is_the_current_ones_never_the_packages(tmp_path, monkeypatch, copy):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(regress.RegressionError, match=r"no examples/regressions/cases.toml under the current "
+                                                      r"directory .*pass --dir DIR"):
+        regress.default_dir()
+    with pytest.raises(regress.RegressionError, match="pass --dir"):
+        main(["regress", "--update"])                 # nothing rewritten anywhere
+    assert regress.default_dir(copy.parent.parent) == copy.parent.parent / "examples" / "regressions"
+    monkeypatch.chdir(copy.parent.parent)             # a checkout-like directory: its own examples/regressions
+    case = "mlp_h100_sxm_default"
+    package_file = regress.DEFAULT_DIR / "expected" / f"{case}.json"
+    before = package_file.stat().st_mtime_ns
+    assert main(["regress", "--update", "--case", case]) == 0
+    assert package_file.stat().st_mtime_ns == before
+    assert (copy / "expected" / f"{case}.json").is_file()
+
+
+def test_the_missing_figures_hint_names_the_directory(copy, capsys):
+    case = "mlp_h100_sxm_default"
+    (copy / "expected" / f"{case}.json").unlink()
+    assert main(["regress", "--dir", str(copy), "--case", case]) == 1
+    out = capsys.readouterr().out
+    assert f"python -m explorer regress --dir {copy} --update --case {case}" in out
+
+
+def test_update_never_writes_outside_the_directory(tmp_path):
+    (tmp_path / "cases.toml").write_text('[[case]]\nname = "../../escape"\nmodel = "m.py"\ntarget = "h100_sxm"\n')
+    with pytest.raises(regress.RegressionError, match=r"name '../../escape' must be letters"):
+        regress.update(tmp_path)

@@ -46,13 +46,16 @@ def test_memory_bound_elasticities_match_finite_differences_and_the_roofline(add
     # t = B / (bw * eff) + latency + overhead: d ln t / d ln bw = -(B / (bw * eff)) / t
     n = 16 * 1024 * 1024
     stream = 3 * n * 4 / (k["memory.hbm.bandwidth_bytes_per_s"] * k["efficiency.memory"])
-    assert s.seconds == pytest.approx(stream + k["memory.hbm.latency_s"] + k["launch_overhead_s"], rel=1e-12)
+    # (one launch of the step, then the kernel and the engine's gap between kernels)
+    assert s.seconds == pytest.approx(stream + k["memory.hbm.latency_s"] + k["launch_overhead_s"] + k["kernel_gap_s"],
+                                      rel=1e-12)
     assert s.elasticity("memory.hbm.bandwidth_bytes_per_s") == pytest.approx(-stream / s.seconds, rel=1e-3)
     assert s.elasticity("launch_overhead_s") == pytest.approx(k["launch_overhead_s"] / s.seconds, rel=1e-3)
     assert s.elasticity("compute.matrix_flops_per_s.bf16") == 0.0
-    # ranked by magnitude
-    mags = [abs(x.elasticity) for x in s.knobs if x.elasticity is not None]
-    assert mags == sorted(mags, reverse=True)
+    # ranked by magnitude within each group (continuous first, then discrete)
+    for group in (s.continuous, s.discrete):
+        mags = [abs(x.elasticity) for x in group if x.elasticity is not None]
+        assert mags == sorted(mags, reverse=True)
     assert s.knobs[0].knob in ("memory.hbm.bandwidth_bytes_per_s", "efficiency.memory")
 
 
@@ -65,16 +68,24 @@ def test_cost_columns_are_left_out_and_zero_knobs_skipped(add, h100):
     assert s.knobs[-1].method == "skipped"
 
 
-def test_integer_knobs_step_to_neighbouring_integers(matmul, h100):
+def test_discrete_knobs_step_to_design_values_and_are_reported_apart(matmul, h100):
     s = explorer.sensitivity(matmul, h100, pipeline=None, knobs=["compute.matrix_units", "compute.matrix_tile.m",
-                                                                 "scale_up.domain_size"])
+                                                                 "scale_up.domain_size", "efficiency.matrix"])
     units = next(x for x in s.knobs if x.knob == "compute.matrix_units")
-    assert (units.low, units.high) == (131.0, 133.0) and "integer knob" in units.note
-    assert units.elasticity == pytest.approx(fd(matmul, h100, "compute.matrix_units", 131, 133), rel=1e-12)
-    big = explorer.sensitivity(matmul, h100, pipeline=None, rel_step=0.1, knobs=["compute.matrix_tile.m"])
-    (tile,) = big.knobs
-    assert (tile.low, tile.high) == (115.0, 141.0)      # 10 % of 128, rounded to whole steps
-    assert tile.elasticity == pytest.approx(fd(matmul, h100, "compute.matrix_tile.m", 115, 141), rel=1e-12)
+    assert (units.low, units.high) == (125.0, 139.0) and units.kind == "discrete"     # 132 +- 5 %, rounded
+    assert units.elasticity == pytest.approx(fd(matmul, h100, "compute.matrix_units", 125, 139), rel=1e-12)
+    tile = next(x for x in s.knobs if x.knob == "compute.matrix_tile.m")
+    assert (tile.low, tile.high) == (64.0, 256.0)                                    # powers of two, not 127 / 129
+    assert tile.elasticity == pytest.approx(fd(matmul, h100, "compute.matrix_tile.m", 64, 256), rel=1e-12)
+    dom = next(x for x in s.knobs if x.knob == "scale_up.domain_size")
+    assert (dom.low, dom.high) == (4.0, 16.0)
+    # continuous knobs first, then the discrete ones, each group ranked; the table shows them apart
+    assert [x.kind for x in s.knobs] == ["continuous", "discrete", "discrete", "discrete"]
+    assert s.continuous[0].knob == "efficiency.matrix" and {x.knob for x in s.discrete} == {
+        "compute.matrix_units", "compute.matrix_tile.m", "scale_up.domain_size"}
+    text = s.table()
+    assert text.index("continuous knobs") < text.index("efficiency.matrix") < text.index("discrete knobs") \
+        < text.index("compute.matrix_units")
     assert integer_knob(h100, "scale_out.links_per_chip") and not integer_knob(h100, "memory.hbm.capacity_bytes")
     skip = explorer.sensitivity(matmul, h100, pipeline=None, integers="skip",
                                 knobs=["compute.matrix_units", "efficiency.matrix"])
@@ -91,7 +102,7 @@ def test_bounded_knob_uses_a_one_sided_difference(matmul, h100):
     util = timing.matrix_utilisation(Gemm(1, 4096, 4096, 4096), tuple(h100.compute.matrix_tile), h100.compute.matrix_units)
     work = 2 * 4096 ** 3 / (h100.matrix_rate("bf16") * util)
     def t(eff):
-        return work / eff + h100.launch_overhead_s
+        return work / eff + h100.launch_overhead_s + h100.kernel_gap_s
     assert e.elasticity == pytest.approx(math.log(t(1.0) / t(0.99)) / math.log(1.0 / 0.99), rel=1e-9)
 
 

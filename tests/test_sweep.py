@@ -167,6 +167,48 @@ def test_loops_and_aggressive_fusion_vectorised(h100):
     check_against_estimates(res, prog, h100, pipeline)
 
 
+@dataclass(frozen=True)
+class FixedDataParallel:
+    """Test pass: data parallelism over 4 devices, decided on the preset (so no swept knob changes a decision)."""
+
+    name = "test_fixed_dp"
+
+    def reads_knobs(self):
+        return frozenset()
+
+    def run(self, program, plan, target):
+        from passes.sharding.shard import Shard
+        return Shard(mesh="data=4", dp="data").run(program, plan, hw_targets.load("h100_sxm"))
+
+
+@pytest.mark.parametrize("launch_mode", ["graph", "per_kernel"])
+def test_schedule_with_overlap_and_launches_vectorised(h100, launch_mode):
+    """The step scheduler on arrays: a data-parallel train step whose gradient all-reduces overlap the backward
+    (their exposed part depends on the network and the compute rates), launches that hide or show (the launch
+    time and the gap between kernels swept): every variant equals its own estimate bit for bit."""
+    import dataclasses
+    from pathlib import Path
+
+    from explorer.model_files import load_module, load_program
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "scaling_what_if.py"
+    prog = load_program(str(path), {**load_module(path).SMALL_CONFIG, "batch": 512})
+    base = dataclasses.replace(h100, launch_mode=launch_mode)
+    grid = {"scale_up.chip_bandwidth_bytes_per_s": [2e10, 4.5e11], "compute.matrix_flops_per_s.bf16": [1e12, 9.894e14],
+            "launch_overhead_s": [1e-6, 2e-5], "kernel_gap_s": [0.0, 4e-6]}
+    pipeline = [FixedDataParallel(), Fuse()]
+    res = explorer.sweep(prog, base, grid, pipeline=pipeline)
+    assert res.method == "vectorised"
+    for i, row in enumerate(res.rows()):
+        target = base.replace(**{k: row[k] for k in res.knobs})
+        assert_same(row, expected_row(explorer.estimate(prog, target, pipeline=pipeline), target), f"variant {i}")
+    hidden = [explorer.estimate(prog, base.replace(**{k: r[k] for k in grid}), pipeline=pipeline).hidden_comm_seconds
+              for r in res.rows()]
+    assert any(h > 0 for h in hidden)            # the overlap was exercised
+    bounds = set(res.column("bound"))
+    assert len(bounds) > 1                       # the critical path changes with the knobs
+
+
 def test_array_view_of_the_variants(h100):
     tpu = hw_targets.load("tpu_v5p")
     assert tpu.scale_up.torus_dims       # resizing the torus drops its dims: the variants' tuples differ in length
@@ -213,8 +255,10 @@ def test_aggressive_fusion_reads_on_chip_capacity(mlp, h100):
     assert sw.knobs_read([aggressive], ["memory.smem.capacity_bytes", "memory.hbm.bandwidth_bytes_per_s"]) == {
         "fuse{strategy=aggressive}": ["memory.smem.capacity_bytes"]}
     assert sw.knobs_read([Fuse(strategy="xla"), Place()], ["memory.smem.capacity_bytes"]) == {}
+    # on-chip placement weighs whether a kernel is memory-bound: it reads the compute knobs too
     assert sw.knobs_read([Place(policy="ilp")], ["efficiency.memory", "compute.matrix_units"]) == {
-        "place{policy=ilp}": ["efficiency.memory"]}
+        "place{policy=ilp}": ["efficiency.memory", "compute.matrix_units"]}
+    assert sw.knobs_read([Place(policy="hbm")], ["efficiency.memory", "compute.matrix_units"]) == {}
 
 
 @dataclass(frozen=True)
@@ -361,17 +405,44 @@ def test_bound_codes_and_array_utilisation_match_scalars(h100):
     assert list(arr) == [timing.matrix_utilisation(g, t, u) for t, u in combos]
 
 
-# -- ray (optional) --------------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore:os.fork")      # ray starts its daemons with fork + exec
-def test_ray_backend_equals_vectorised(mlp, h100):
-    ray = pytest.importorskip("ray")
-    grid = {"memory.hbm.bandwidth_bytes_per_s": [1e12, 3.35e12], "efficiency.vector": [0.5, 0.9]}
-    vec = explorer.sweep(mlp, h100, grid, backend="vector")
+# -- ray: a real local cluster, started and shut down here ----------------------------------------
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs (no dashboard), shut down after this module's Ray tests. Ray is in the
+    ``test`` extra, so a missing install fails here rather than skipping."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        res = explorer.sweep(mlp, h100, grid, backend="ray")
+        yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")      # ray starts its daemons with fork + exec
+def test_ray_backend_equals_vectorised(mlp, h100, ray_cluster):
+    grid = {"memory.hbm.bandwidth_bytes_per_s": [1e12, 3.35e12], "efficiency.vector": [0.5, 0.9]}
+    vec = explorer.sweep(mlp, h100, grid, backend="vector")
+    res = explorer.sweep(mlp, h100, grid, backend="ray")
+    assert ray_cluster.is_initialized() and ray_cluster.cluster_resources().get("CPU") == 2
     assert res.method == "per-variant (ray)"
+    assert vec.column_names == res.column_names
     for a, b in zip(vec.rows(), res.rows()):
         assert_same(a, b, "ray vs vector")
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_ray_backend_equals_the_local_per_variant_path(mlp, h100, ray_cluster):
+    """Pass decisions that depend on the knob (placement under SRAM capacity): Ray and this process agree bit for
+    bit, rows in variant order."""
+    grid = {"memory.smem.capacity_bytes": [1e5, 1e6, 3e7], "memory.hbm.bandwidth_bytes_per_s": [1e12, 3.35e12]}
+    pipeline = "fuse{strategy=xla},place{policy=greedy}"
+    local = explorer.sweep(mlp, h100, grid, pipeline=pipeline, workers=1)
+    res = explorer.sweep(mlp, h100, grid, pipeline=pipeline, backend="ray")
+    assert local.method == "per-variant (serial)" and res.method == "per-variant (ray)"
+    assert [tuple(r[k] for k in grid) for r in res.rows()] == list(itertools.product(*grid.values()))
+    for a, b in zip(local.rows(), res.rows()):
+        assert_same(a, b, "ray vs serial")
+    check_against_estimates(res, mlp, h100, pipeline)

@@ -69,18 +69,22 @@ def test_one_event_per_kernel_valid_json(gpt2_scan, h100, tmp_path):
     assert names == {"compute", "collectives", "copies"}
 
 
+def first_dot(program) -> int:
+    return next(o.id for o in program.graph.ops if o.name == "stablehlo.dot_general")
+
+
 @dataclass(frozen=True)
 class Inserted:
-    """Test pass: an async all-reduce after op 3, a blocking all-gather at the end, a host-link copy."""
+    """Test pass: an async all-reduce after the first matmul, a blocking all-gather at the end, a host-link copy."""
 
     name = "test_inserted"
 
     def run(self, program, plan, target):
-        last = len(program.graph.ops) - 1
-        extras = (ExtraKernel("async_ar", Work(collective="all_reduce", collective_bytes=8e6, group_size=8), after_op=3,
-                              overlappable=True),
+        last, dot = len(program.graph.ops) - 1, first_dot(program)
+        extras = (ExtraKernel("async_ar", Work(collective="all_reduce", collective_bytes=8e6, group_size=8),
+                              after_op=dot, overlappable=True),
                   ExtraKernel("sync_ag", Work(collective="all_gather", collective_bytes=1e6, group_size=8), after_op=last),
-                  ExtraKernel("offload", Work(bytes_read=4e6), after_op=3, link="host", overlappable=True))
+                  ExtraKernel("offload", Work(bytes_read=4e6), after_op=dot, link="host", overlappable=True))
         return plan.with_(extra_kernels=extras)
 
 
@@ -94,10 +98,13 @@ def test_inserted_work_on_its_own_streams(gpt2_scan, h100):
     ar, ag, off = by_name["async_ar"], by_name["sync_ag"], by_name["offload"]
     assert (ar["tid"], ag["tid"], off["tid"]) == (COLLECTIVES, COLLECTIVES, COPIES)
     compute = sorted((e for e in events if e["tid"] == COMPUTE), key=lambda e: e["ts"])
-    # the async all-reduce starts right after the kernel holding op 3, and compute carries on beside it
-    anchor = max((e for e in compute if min(int(o.split(":")[0]) for o in e["args"]["ops"]) <= 3),
-                 key=lambda e: e["ts"])
-    assert ar["ts"] == anchor["ts"] + anchor["dur"] and off["ts"] == ar["ts"]
+    # the async all-reduce starts when the kernel holding the matmul it follows ends (the step's one launch, at
+    # launch_overhead_s, came before), the host-link copy after the same op at the same time on the copy
+    # engine, and compute carries on beside them
+    dot = first_dot(gpt2_scan)
+    anchor = next(e for e in compute if any(int(o.split(":")[0]) == dot for o in e["args"]["ops"]))
+    assert anchor["args"]["end_s"] > h100.launch_overhead_s
+    assert ar["args"]["start_s"] == anchor["args"]["end_s"] and off["args"]["start_s"] == ar["args"]["start_s"]
     assert any(e["ts"] < ar["ts"] + ar["dur"] and e["ts"] >= ar["ts"] for e in compute)
     # the blocking all-gather waits for all compute and ends the trace
     assert ag["ts"] >= max(e["ts"] + e["dur"] for e in compute)

@@ -142,6 +142,32 @@ def test_deviceless_compile_end_to_end():
 
 
 @needs_plugin
+def test_cudnn_convolutions_are_counted_as_the_convolutions_they_compute():
+    # XLA:GPU turns a convolution and its two gradients into cuDNN calls whose MLIR form drops the window: the
+    # front end reads it back from the module proto. Forward, input gradient and filter gradient each do the
+    # forward's multiply-adds: 2 * N*Ho*Wo * Cout * (kh*kw*Cin), here with a stride-2 7x7 first layer.
+    def loss(w, x):
+        y = jax.lax.conv_general_dilated(x, w, (2, 2), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jnp.square(y.astype(jnp.float32)))
+    x, w = S((8, 64, 64, 16), jnp.bfloat16), S((7, 7, 16, 32), jnp.bfloat16)
+    prog = explorer.lower(jax.grad(loss, argnums=(0, 1)), w, x, compiler="xla", target="h100_sxm")
+    assert not prog.unknown_ops, prog.unknown_ops
+    calls = [op for op in prog.graph.ops if op.name.endswith("custom_call")
+             and "cudnn$conv" in op.attrs.get("call_target_name", "")]
+    assert len(calls) == 3
+    forward = 2 * (8 * 32 * 32) * 32 * (7 * 7 * 16)
+    # the input gradient's valid taps exclude the padding, as the forward's do (stablehlo.convolution's rule)
+    ours = explorer.lower(jax.grad(loss, argnums=(0, 1)), w, x)
+    assert math.isclose(sum(prog.works[op.id].matrix_flops for op in calls),
+                        sum(w.matrix_flops for w in ours.works if w is not None), rel_tol=0.02)
+    assert all(prog.works[op.id].matrix_flops <= forward for op in calls)
+    # the call returns (output, scratch): its output is a real value with its bytes, read by what follows
+    fwd = next(op for op in calls if op.attrs["call_target_name"] == "__cudnn$convForward")
+    assert prog.graph.values[fwd.results[0]].shape == (8, 32, 32, 32)
+    assert prog.works[fwd.id].bytes_written >= 8 * 32 * 32 * 32 * 2
+
+
+@needs_plugin
 def test_deviceless_compile_of_a_sharded_program_keeps_its_collectives():
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
 

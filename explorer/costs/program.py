@@ -60,9 +60,12 @@ class Program:
             ins = [graph.values[v] for v in op.operands]
             outs = [graph.values[v] for v in op.results]
             try:
-                works.append(fn(op, ins, outs))
+                work = fn(op, ins, outs)
             except Exception as exc:  # a rule that cannot count this op names it
                 raise ValueError(f"cost rule for {op.name} failed on op #{op.id} ({op.name_stack}): {exc}") from exc
+            if work is None:   # the rule lacks what it needs for this op (e.g. a call's geometry): unknown
+                unknown[rule_key(op)] += 1
+            works.append(work)
         trips: dict[int, int | None] = {lp.op_id: lp.trip_count for lp in graph.loops}
         for key, n in (trip_counts or {}).items():
             oid = _loop_id(graph, key)

@@ -3,8 +3,9 @@
 A rule is ``fn(op, ins, outs) -> Work``: ``ins`` / ``outs`` are the operand and
 result ``TensorType``s. Register with ``@rule("stablehlo.add", "chlo.broadcast_add")``.
 ``mhlo.X`` falls back to the rule for ``stablehlo.X``. Custom calls are keyed
-``"custom_call:<target name>"``. An op with no rule is *unknown*: it is counted
-by name in every result, never silently priced as zero.
+``"custom_call:<target name>"``. An op with no rule (or whose rule returns None:
+it lacks what it needs to count this op) is *unknown*: it is counted by name in
+every result, never silently priced as zero.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Callable, Sequence
 from ..graph.ir import Op, TensorType
 from .work import Work
 
-RuleFn = Callable[[Op, Sequence[TensorType], Sequence[TensorType]], Work]
+RuleFn = Callable[[Op, Sequence[TensorType], Sequence[TensorType]], Work | None]
 _RULES: dict[str, RuleFn] = {}
 
 

@@ -16,6 +16,7 @@ and compare work on it as on any plan.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import math
 import os
@@ -31,6 +32,8 @@ import hw_targets
 
 from ..costs.program import Program
 from ..graph import environment, importer
+from ..graph.ir import Graph, freeze
+from . import hlo_proto
 
 # The compile-only plugins check for drivers and TPU metadata servers unless told not to (set before the plugin
 # initialises its backend).
@@ -54,6 +57,8 @@ def compiler_for(target: Any) -> str:
     """"xla:gpu" or "xla:tpu" for a target (from its ``compiler`` settings, else its kind)."""
     settings = _settings(target)
     platform = settings.get("platform") or {"gpu": "cuda", "tpu": "tpu"}.get(getattr(target, "kind", ""), "")
+    if platform == "none":
+        raise CompilerError(f"{target.name}: its [compiler] platform is 'none': no XLA back end compiles for it here")
     if platform in ("cuda", "gpu"):
         return "xla:gpu"
     if platform == "tpu":
@@ -381,4 +386,33 @@ def lower_compiled(fn: Callable, *args: Any, target: Any, **kwargs: Any) -> Prog
     name = getattr(fn, "__name__", "") or "module"
     module = importer.parse_module(module_bytes)
     graph = importer.import_module(module, name=name)
+    proto = compiled.runtime_executable().hlo_modules()[0].as_serialized_hlo_module_proto()
+    graph = with_convolution_geometry(graph, hlo_proto.convolutions(proto))
     return Program.from_graph(graph, origin=MappingProxyType(info))
+
+
+def with_convolution_geometry(graph: Graph, convs: list[hlo_proto.Convolution]) -> Graph:
+    """``graph`` with each convolution custom call given its window and dimension numbers (as
+    ``stablehlo.convolution`` attributes), which the MLIR form of the module drops. A call is matched to its
+    HLO instruction by target, JAX name stack and result shape; calls that match none keep no geometry (and
+    are reported unknown)."""
+    by_key: dict[tuple, hlo_proto.Convolution] = {}
+    for c in convs:
+        by_key.setdefault((c.target, c.op_name, c.result_shape), c)
+    if not by_key:
+        return graph
+    ops = list(graph.ops)
+    for i, op in enumerate(ops):
+        if not op.name.endswith("custom_call") or not op.results:
+            continue
+        key = (op.attrs.get("call_target_name"), op.name_stack, tuple(graph.values[op.results[0]].shape))
+        conv = by_key.get(key)
+        if conv is None:
+            continue
+        attrs = dict(op.attrs)
+        attrs.update(dimension_numbers=conv.dimension_numbers, window_strides=conv.window_strides,
+                     padding=[list(p) for p in conv.padding], lhs_dilation=conv.lhs_dilation,
+                     rhs_dilation=conv.rhs_dilation, feature_group_count=conv.feature_group_count,
+                     batch_group_count=conv.batch_group_count)
+        ops[i] = dataclasses.replace(op, attrs=freeze(attrs))
+    return dataclasses.replace(graph, ops=tuple(ops))

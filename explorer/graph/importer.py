@@ -49,6 +49,15 @@ GROUPING_OPS = frozenset({"mhlo.fusion", "stablehlo.async_start", "mhlo.async_st
 _ASYNC_DONE_OPS = frozenset({"stablehlo.async_done", "mhlo.async_done"})
 _WHILE_OPS = frozenset({"stablehlo.while", "mhlo.while"})
 _TERMINATORS = frozenset({"func.return", "stablehlo.return", "mhlo.return", "sdy.return"})
+_TUPLE_ELEMENT_OPS = frozenset({"stablehlo.get_tuple_element", "mhlo.get_tuple_element"})
+
+
+def _flat_tuple(t: Any) -> bool:
+    """A tuple type whose elements are all tensors (nested tuples stay one opaque value)."""
+    if t.typeid != ir.TupleType.static_typeid:
+        return False
+    tup = ir.TupleType(t)
+    return not any(tup.get_type(i).typeid == ir.TupleType.static_typeid for i in range(tup.num_types))
 _MAX_CALL_DEPTH = 256
 
 
@@ -366,6 +375,7 @@ class _Importer:
         self.loops: list[LoopInfo] = []
         self.escaping: set[int] = set()
         self.types: dict[Any, TensorType] = {}   # ir.Type -> TensorType (types repeat a lot)
+        self.tuple_parts: dict[int, list[int]] = {}   # a tuple result's value -> its elements' values
         self.async_values: dict[Any, list[int]] = {}   # an async start's future -> the values its done returns
         self.depth = 0
 
@@ -376,6 +386,11 @@ class _Importer:
             tt = self.types[t] = tensor_type(t)
         self.values.append(tt)
         return len(self.values) - 1
+
+    def tuple_parts_of(self, t: Any) -> list[int]:
+        """New values for the elements of (flat) tuple type ``t``."""
+        tup = ir.TupleType(t)
+        return [self.new_value(tup.get_type(i)) for i in range(tup.num_types)]
 
     def lookup(self, env: dict, value: Any, where: str) -> int:
         try:
@@ -459,6 +474,12 @@ class _Importer:
             name = op.name
             own = location_name(op.location)
             stack = (own if "/" in own else prefix) if absolute_names else _join(prefix, own)
+            if name in _TUPLE_ELEMENT_OPS and op.operands:
+                parts = self.tuple_parts.get(self.lookup(env, op.operands[0], name))
+                index = int(op.attributes["index"].value) if "index" in op.attributes else -1
+                if parts is not None and 0 <= index < len(parts) and op.results[0].type.typeid != ir.TupleType.static_typeid:
+                    env[op.results[0]] = parts[index]   # the element itself: no op, no copy
+                    continue
             if name in _TERMINATORS:
                 returned = [self.lookup(env, v, name) for v in op.operands]
                 continue
@@ -526,9 +547,20 @@ class _Importer:
     def import_op(self, op: Any, env: dict, stack: str, frames: tuple[Frame, ...]) -> int:
         name = op.name
         operands = tuple(self.lookup(env, v, name) for v in op.operands)
-        results = tuple(self.new_value(r.type) for r in op.results)
-        for r, vid in zip(op.results, results):
-            env[r] = vid
+        results: list[int] = []
+        for r in op.results:
+            if _flat_tuple(r.type):
+                # a tuple result (a compiler's custom call returns (output, scratch)): its elements are the
+                # op's results, in order, then a zero-byte value standing for the tuple itself
+                parts = self.tuple_parts_of(r.type)
+                results.extend(parts)
+                env[r] = self.new_value(r.type)
+                self.tuple_parts[env[r]] = parts
+                results.append(env[r])
+            else:
+                env[r] = self.new_value(r.type)
+                results.append(env[r])
+        results = tuple(results)
         attrs = op_attrs(op)
         oid = len(self.ops)
         self.ops.append(None)  # reserve the id so nested ops come after their parent

@@ -93,9 +93,10 @@ CPU_TILE_CANDIDATES: tuple[tuple[int, int, int], ...] = tuple(
 
 def gemm_seconds(g: Gemm, flops_per_s: float, tile: tuple[int, int, int], units: int,
                  nbytes: float = 0.0, bytes_per_s: float = math.inf, overhead_s: float = 0.0,
-                 flops: float | None = None) -> float:
-    """The cost model's time for one GEMM kernel (``explorer.timing``: max(compute, memory) + overhead)."""
-    compute = (g.flops if flops is None else flops) / (flops_per_s * matrix_utilisation(g, tile, units))
+                 flops: float | None = None, split_k: bool = False) -> float:
+    """The cost model's time for one GEMM kernel (``explorer.timing``: max(compute, memory) + overhead).
+    ``split_k``: whether the library splits K when tiles are few (a CPU's Eigen does not: the default here)."""
+    compute = (g.flops if flops is None else flops) / (flops_per_s * matrix_utilisation(g, tile, units, split_k))
     return max(compute, nbytes / bytes_per_s) + overhead_s
 
 

@@ -59,18 +59,12 @@ def alias_roots(graph: Graph, order: list[int] | None = None) -> dict[int, int]:
     return root
 
 
-def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
-            transient: frozenset[int] = frozenset(),
-            ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None,
-            sizes: Mapping[int, float] | None = None) -> Liveness:
-    """``transient``: values that never reach memory (they stay inside a fused kernel).
-
-    ``ranges``: root value id -> the (first op id, last op id) intervals, inclusive, in which it occupies
-    memory, replacing its def-use range (set by rematerialisation / activation offload: a value dies after
-    its last forward use and is re-created before its first backward use). ``len(graph.ops)`` as a last
-    op id means "until the end of the program". ``sizes``: value id -> bytes, replacing the graph's
-    (per-device sizes once sharded).
-    """
+def live_spans(graph: Graph, order: list[int] | None = None,
+               ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None) -> dict[int, tuple[tuple[int, int], ...]]:
+    """Root value id -> the (first, last) schedule positions, inclusive, over which it occupies memory: its def-use
+    range, or the ``ranges`` a pass gave it (see ``analyse``). Positions index ``order``; ``len(order)`` is the end
+    of the program (inputs and outputs live throughout). What ``analyse`` sums, for callers that classify values
+    (the training-memory breakdown of ``explorer.model.memory``)."""
     order = list(range(len(graph.ops))) if order is None else order
     pos = {oid: i for i, oid in enumerate(order)}
     root = alias_roots(graph, order)
@@ -103,6 +97,24 @@ def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
     for v, given in (ranges or {}).items():
         spans[v] = tuple((pos.get(a, end) if a < len(graph.ops) else end,
                           pos.get(b, end) if b < len(graph.ops) else end) for a, b in given)
+    return spans
+
+
+def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
+            transient: frozenset[int] = frozenset(),
+            ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None,
+            sizes: Mapping[int, float] | None = None) -> Liveness:
+    """``transient``: values that never reach memory (they stay inside a fused kernel).
+
+    ``ranges``: root value id -> the (first op id, last op id) intervals, inclusive, in which it occupies
+    memory, replacing its def-use range (set by rematerialisation / activation offload: a value dies after
+    its last forward use and is re-created before its first backward use). ``len(graph.ops)`` as a last
+    op id means "until the end of the program". ``sizes``: value id -> bytes, replacing the graph's
+    (per-device sizes once sharded).
+    """
+    order = list(range(len(graph.ops))) if order is None else order
+    end = len(order)
+    spans = live_spans(graph, order, ranges)
 
     def nbytes(v: int) -> int:
         if v in transient:

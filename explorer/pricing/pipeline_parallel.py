@@ -200,6 +200,8 @@ def price_pipeline(estimate, target: Any, stages: int, microbatches: int, schedu
         else:
             last[k.phase] += t
     once -= estimate.hidden_comm_seconds
+    # the rest of the schedule (launch waits, idle engines, overlap beyond hidden communication), once per step
+    once += estimate.seconds - (sum(k.seconds for k in rows) - estimate.hidden_comm_seconds)
     if n_real != n_prog and n_prog:
         notes.append(f"per-block time measured on {n_prog} blocks, scaled to {n_real}")
     per_stage_blocks = [len(_blocks_of_stage(s, stages, v, n_real)) for s in range(stages)]

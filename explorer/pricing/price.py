@@ -8,7 +8,7 @@ plan (``explorer.model.memory``).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import hw_targets
@@ -18,7 +18,7 @@ from passes.plan import Plan
 
 from ..costs import Program
 from ..graph import names
-from ..model import timing
+from ..model import schedule, timing
 from ..model.memory import level_peaks, main_memory_liveness
 from ..model.traffic import link_copy_time, traffic_by_level, transfer_time
 from .estimate import Estimate, KernelRow, UnknownOpsError
@@ -53,59 +53,122 @@ def check_known(program: Program) -> None:
                               ", ".join(f"{k} x{v}" for k, v in program.unknown_ops.items()))
 
 
-def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict: bool = False) -> Estimate:
-    """Price ``program`` on ``target`` under the decisions in ``plan``."""
-    if strict:
-        check_known(program)
+@dataclass(frozen=True)
+class PricedItem:
+    """One row ``price`` makes, before it is timed: a kernel, inserted work or a placement's transfer, with what
+    the step scheduler needs to know about it (``step``). ``price`` and the vectorised sweep both price these."""
+
+    kind: str                    # "kernel", "extra" or "transfer"
+    runs: float
+    works: tuple = ()
+    kernel: Any = None
+    extra: Any = None
+    level: str = ""              # transfer: the level copied to / from
+    nbytes: float = 0.0          # transfer: bytes
+    phase: str = ""              # name-stack phase (before optimizer marking), layer, primitive
+    layer: str = ""
+    prim: str = ""
+    lead: int = -1
+    step: schedule.Row | None = None
+
+
+def priced_items(program: Program, plan: Plan) -> list[PricedItem]:
+    """The rows of ``price``, in its order: the plan's kernels (those that run), inserted work, transfers."""
     graph = program.graph
-    kernels = kernels_of(program, plan)
-    rows: list[KernelRow] = []
-    total_flops = total_trans = total_bytes = 0.0
-    for kern in kernels:
-        works = [w for w in (plan.work(program, o) for o in kern.ops) if w is not None]
+    out: list[PricedItem] = []
+    for kern in kernels_of(program, plan):
         runs = program.weights[kern.ops[0]]
         if runs == 0:
             continue
-        t = timing.kernel_time(target, works, traffic_by_level(target, plan.placement, kern))
+        works = tuple(w for w in (plan.work(program, o) for o in kern.priced_ops) if w is not None)
         lead = _lead_op(program, kern.ops)
         phase, layer, prim = names.parse(graph.ops[lead].name_stack)
-        label = prim or graph.ops[lead].short_name
-        if len(kern.ops) > 1:
-            label = f"fusion[{label}+{len(kern.ops) - 1}]"
-        flops = sum(w.flops for w in works)
-        trans = sum(w.transcendentals for w in works)
-        rows.append(KernelRow(
-            name=label, ops=kern.ops, layer=layer, phase=phase, executions=runs, flops=flops * runs,
-            transcendentals=trans * runs, bytes_moved=kern.bytes_moved * runs,
-            collective_bytes=sum(w.collective_bytes for w in works) * runs,
-            compute_s=t.compute_s, memory_s=t.memory_s, comm_s=t.comm_s, overhead_s=t.overhead_s, bound=t.bound,
-            overlappable=kern.overlappable))
-        total_flops += flops * runs
-        total_trans += trans * runs
-        total_bytes += kern.bytes_moved * runs
+        collective = any(w.collective or w.collective_bytes > 0 for w in works)
+        step = schedule.Row(engine=schedule.engine_of(collective, kern.kind == "copy"), runs=runs,
+                            overlappable=kern.overlappable, ops=kern.ops, reads=tuple(v for v, _ in kern.reads),
+                            layer=layer, phase=phase)
+        out.append(PricedItem("kernel", runs, works, kernel=kern, phase=phase, layer=layer, prim=prim, lead=lead,
+                              step=step))
     for extra in plan.extra_kernels:
         runs = program.weights[extra.after_op] if extra.after_op >= 0 else 1.0
         if runs == 0:
             continue
-        t = (link_copy_time(target, extra.link, extra.work.bytes_accessed) if extra.link
-             else timing.kernel_time(target, [extra.work], {target.main_memory.name: extra.work.bytes_accessed}))
+        w = extra.work
         phase = extra.phase or (names.parse(graph.ops[extra.after_op].name_stack)[0] if extra.after_op >= 0 else "other")
-        rows.append(KernelRow(
-            name=extra.name, ops=(), layer=extra.layer, phase=phase, executions=runs, flops=extra.work.flops * runs,
-            transcendentals=extra.work.transcendentals * runs, bytes_moved=extra.work.bytes_accessed * runs,
-            collective_bytes=extra.work.collective_bytes * runs, compute_s=t.compute_s, memory_s=t.memory_s,
-            comm_s=t.comm_s, overhead_s=t.overhead_s, bound=t.bound, overlappable=extra.overlappable))
-        total_flops += extra.work.flops * runs
-        total_bytes += extra.work.bytes_accessed * runs
-    main = target.main_memory
+        step = schedule.Row(engine=schedule.engine_of(bool(w.collective or w.collective_bytes > 0), bool(extra.link)),
+                            runs=runs, overlappable=extra.overlappable, after_op=extra.after_op,
+                            before_op=getattr(extra, "before_op", None), collective=w.collective,
+                            layer=extra.layer, phase=phase)
+        out.append(PricedItem("extra", runs, (w,), extra=extra, phase=phase, layer=extra.layer, step=step))
     for level_name, nbytes in sorted(plan.transfer_bytes.items()):
-        t = transfer_time(target, level_name, nbytes)
-        rows.append(KernelRow(
-            name=f"copy {main.name}<->{level_name}", ops=(), layer="(transfers)", phase="transfer", executions=1.0,
-            flops=0.0, transcendentals=0.0, bytes_moved=nbytes, collective_bytes=0.0, compute_s=0.0,
-            memory_s=t.memory_s, comm_s=0.0, overhead_s=0.0, bound="memory"))
-        total_bytes += nbytes
+        out.append(PricedItem("transfer", 1.0, level=level_name, nbytes=nbytes, phase="transfer",
+                              layer="(transfers)", step=schedule.Row(engine=schedule.COPIES, runs=1.0, transfer=True)))
+    return out
+
+
+def step_graph(program: Program, plan: Plan, items: Sequence[PricedItem], target) -> schedule.StepGraph:
+    """The scheduler's dependency graph of ``items`` (cached on the plan's kernels: sweeps reuse it)."""
+    return schedule.step_graph(program, [it.step for it in items], async_collectives=bool(target.async_collectives))
+
+
+def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict: bool = False) -> Estimate:
+    """Price ``program`` on ``target`` under the decisions in ``plan``: every row timed by the cost model, the
+    step timed by the scheduler (``explorer.model.schedule``)."""
+    if strict:
+        check_known(program)
+    graph = program.graph
+    kernels = kernels_of(program, plan)
+    items = priced_items(program, plan)
+    rows: list[KernelRow] = []
+    total_flops = total_trans = total_bytes = 0.0
+    counted: set[int] = set()
+    main = target.main_memory
+    for it in items:
+        runs = it.runs
+        if it.kind == "kernel":
+            kern, works = it.kernel, it.works
+            own = [w for w in (plan.work(program, o) for o in kern.priced_ops if o not in counted) if w is not None]
+            counted.update(kern.priced_ops)
+            t = timing.kernel_time(target, works, traffic_by_level(target, plan.placement, kern))
+            label = it.prim or graph.ops[it.lead].short_name
+            if len(kern.ops) > 1:
+                label = f"fusion[{label}+{len(kern.ops) - 1}]"
+            flops = sum(w.flops for w in works)
+            trans = sum(w.transcendentals for w in works)
+            rows.append(KernelRow(
+                name=label, ops=kern.ops, layer=it.layer, phase=it.phase, executions=runs, flops=flops * runs,
+                transcendentals=trans * runs, bytes_moved=kern.bytes_moved * runs,
+                collective_bytes=sum(w.collective_bytes for w in works) * runs,
+                compute_s=t.compute_s, memory_s=t.memory_s, comm_s=t.comm_s, overhead_s=t.overhead_s, bound=t.bound,
+                overlappable=kern.overlappable, algorithm=t.algorithm))
+            # the program's flops count each op once, where several kernels recompute it too (its rows say how often)
+            total_flops += sum(w.flops for w in own) * runs
+            total_trans += sum(w.transcendentals for w in own) * runs
+            total_bytes += kern.bytes_moved * runs
+        elif it.kind == "extra":
+            extra = it.extra
+            t = (link_copy_time(target, extra.link, extra.work.bytes_accessed) if extra.link
+                 else timing.kernel_time(target, [extra.work], {main.name: extra.work.bytes_accessed}))
+            rows.append(KernelRow(
+                name=extra.name, ops=(), layer=extra.layer, phase=it.phase, executions=runs,
+                flops=extra.work.flops * runs, transcendentals=extra.work.transcendentals * runs,
+                bytes_moved=extra.work.bytes_accessed * runs, collective_bytes=extra.work.collective_bytes * runs,
+                compute_s=t.compute_s, memory_s=t.memory_s, comm_s=t.comm_s, overhead_s=t.overhead_s, bound=t.bound,
+                overlappable=extra.overlappable, algorithm=t.algorithm))
+            total_flops += extra.work.flops * runs
+            total_bytes += extra.work.bytes_accessed * runs
+        else:
+            t = transfer_time(target, it.level, it.nbytes)
+            rows.append(KernelRow(
+                name=f"copy {main.name}<->{it.level}", ops=(), layer="(transfers)", phase="transfer", executions=1.0,
+                flops=0.0, transcendentals=0.0, bytes_moved=it.nbytes, collective_bytes=0.0, compute_s=0.0,
+                memory_s=t.memory_s, comm_s=0.0, overhead_s=0.0, bound="memory"))
+            total_bytes += it.nbytes
     rows = _mark_phases(rows)
+    g = step_graph(program, plan, items, target)
+    timeline = schedule.run(
+        g, [timing._max(timing._max(r.compute_s, r.memory_s), r.comm_s) for r in rows], [r.overhead_s for r in rows],
+        [_bucket(r, it) for r, it in zip(rows, items)], target.launch_overhead_s, target.launch_mode)
     live = main_memory_liveness(program, plan, kernels)
     peaks = {target.main_memory.name: live.peak_bytes, **level_peaks(program, plan, kernels)}
     return Estimate(
@@ -117,7 +180,15 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
         live_at_peak=tuple((t.producer, t.nbytes) for t in live.live_at_peak),
         unknown_ops=program.unknown_ops,
         unknown_loops=tuple(f"{lp.name_stack} ({lp.reason})" for lp in program.unknown_loops),
-        peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes, _program=program, _plan=plan)
+        peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes + timeline.notes,
+        _program=program, _plan=plan, timeline=timeline)
+
+
+def _bucket(r: KernelRow, it: PricedItem) -> int:
+    """What a row's body time is attributed to on the critical path (0 compute, 1 memory, 2 communication)."""
+    if it.kind == "transfer":
+        return 1
+    return schedule.BUCKETS.index(timing.body_bound(r.compute_s, r.memory_s, r.comm_s))
 
 
 def _lead_op(program: Program, ops: Sequence[int]) -> int:

@@ -1,8 +1,9 @@
 """Pricing one plan on N target variants at once, as numpy arrays (the vectorised path of ``sweep``).
 
 The passes run once; each distinct kernel's work is priced once with the variants' figures as arrays
-(``explorer.model.variants.ArrayTarget``), and the totals are summed in ``Estimate``'s own order, so every
-variant's row equals ``price`` on that variant bit for bit.
+(``explorer.model.variants.ArrayTarget``), and the step is scheduled by the same scheduler ``price`` runs
+(``explorer.model.schedule.run``, on arrays: one entry per variant), so every variant's row equals ``price`` on
+that variant bit for bit.
 """
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from passes.fusion import kernels_of
-
-from ..model import timing
+from ..model import schedule, timing
 from ..model.traffic import link_copy_time, traffic_by_level, transfer_time
 from ..model.variants import ArrayTarget, Sections
-from .price import price
+from .price import price, priced_items, step_graph
 
 COST_COLUMNS = ("tdp_w", "price_usd", "die_area_mm2")
 
@@ -51,15 +50,19 @@ def plain_sum_rows(start: np.ndarray | float, values: np.ndarray, order: Sequenc
 
 
 def price_variants(program, base, plan, knob_columns: Mapping[str, np.ndarray], n: int,
-                   chunk: int = 4096) -> dict[str, np.ndarray]:
+                   chunk: int = 2048) -> dict[str, np.ndarray]:
     """Price ``plan`` on every variant at once; columns as ``row_of`` gives them for one estimate."""
     est = price(program, base, plan)        # the knob-independent figures (flops, peak memory, ...)
-    items, order = _priced_items(program, base, plan)
+    priced = priced_items(program, plan)
+    items, order = _priced_items(program, base, plan, priced)
+    graph = step_graph(program, plan, priced, base)
     sections = Sections(base, knob_columns, n)
     out: dict[str, list[np.ndarray]] = {}
     for lo in range(0, n, chunk):
         rows = slice(lo, min(lo + chunk, n))
-        part = _price_chunk(items, order, ArrayTarget(sections, rows), rows.stop - rows.start, est)
+        at = ArrayTarget(sections, rows)
+        at.f32_matmul_mode = base.f32_matmul_mode      # text fields no knob changes: the base target's
+        part = _price_chunk(items, order, graph, at, rows.stop - rows.start, est, base.launch_mode)
         for k, v in part.items():
             out.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -75,7 +78,7 @@ class _Item:
     bound: int = -1          # forced bound (an index into timing.BOUNDS); -1: from the times
 
 
-def _priced_items(program, base, plan) -> tuple[list[_Item], list[int]]:
+def _priced_items(program, base, plan, priced) -> tuple[list[_Item], list[int]]:
     """The rows ``estimate.price`` makes, in its order (kernels, inserted work, transfers), as distinct
     items (identical kernels, e.g. the same layer repeated, are timed once) and the order they occur in."""
     index: dict[Any, int] = {}
@@ -89,32 +92,28 @@ def _priced_items(program, base, plan) -> tuple[list[_Item], list[int]]:
             items.append(item)
         order.append(index[key])
 
-    kernels = kernels_of(program, plan)
     main = base.main_memory.name
-    for kern in kernels:
-        works = tuple(w for w in (plan.work(program, o) for o in kern.ops) if w is not None)
-        runs = program.weights[kern.ops[0]]
-        if runs == 0:
-            continue
-        traffic = traffic_by_level(base, plan.placement, kern)
-        add(("kernel", works, tuple(traffic.items())),
-            _Item(lambda at, works=works, traffic=traffic: timing.kernel_time(at, works, traffic), runs))
-    for extra in plan.extra_kernels:
-        runs = program.weights[extra.after_op] if extra.after_op >= 0 else 1.0
-        if runs == 0:
-            continue
-        w, nbytes, link = extra.work, extra.work.bytes_accessed, extra.link
-        time = ((lambda at, link=link, nbytes=nbytes: link_copy_time(at, link, nbytes)) if link
-                else (lambda at, w=w, nbytes=nbytes: timing.kernel_time(at, [w], {main: nbytes})))
-        add(("extra", w, link), _Item(time, runs, extra.overlappable))
-    for level_name, nbytes in sorted(plan.transfer_bytes.items()):
-        add(("transfer", level_name, nbytes),
-            _Item(lambda at, lvl=level_name, nb=nbytes: transfer_time(at, lvl, nb), 1.0, bound=1))
+    for it in priced:
+        if it.kind == "kernel":
+            works, kern = it.works, it.kernel
+            traffic = traffic_by_level(base, plan.placement, kern)
+            add(("kernel", works, tuple(traffic.items())),
+                _Item(lambda at, works=works, traffic=traffic: timing.kernel_time(at, works, traffic), it.runs))
+        elif it.kind == "extra":
+            extra = it.extra
+            w, nbytes, link = extra.work, extra.work.bytes_accessed, extra.link
+            time = ((lambda at, link=link, nbytes=nbytes: link_copy_time(at, link, nbytes)) if link
+                    else (lambda at, w=w, nbytes=nbytes: timing.kernel_time(at, [w], {main: nbytes})))
+            add(("extra", w, link), _Item(time, it.runs, extra.overlappable))
+        else:
+            add(("transfer", it.level, it.nbytes),
+                _Item(lambda at, lvl=it.level, nb=it.nbytes: transfer_time(at, lvl, nb), 1.0, bound=1))
     return items, order
 
 
-def _price_chunk(items: list[_Item], order: list[int], at: ArrayTarget, n: int, est) -> dict[str, np.ndarray]:
-    """The estimate's totals for ``n`` variants, summed over the rows in ``order`` exactly as ``Estimate`` sums them."""
+def _price_chunk(items: list[_Item], order: list[int], graph, at: ArrayTarget, n: int, est,
+                 launch_mode: str) -> dict[str, np.ndarray]:
+    """The estimate's totals for ``n`` variants: the same schedule as ``price`` runs, on arrays."""
     times = [it.time(at) for it in items]
 
     def stack(field: str) -> np.ndarray:
@@ -122,26 +121,19 @@ def _price_chunk(items: list[_Item], order: list[int], at: ArrayTarget, n: int, 
             if times else np.zeros((0, n))
 
     c, m, comm, o = stack("compute_s"), stack("memory_s"), stack("comm_s"), stack("overhead_s")
-    runs = np.array([it.runs for it in items], dtype=float).reshape(-1, 1)
-    overl = np.array([it.overlappable for it in items], dtype=bool).reshape(-1, 1)
     forced = np.array([it.bound for it in items], dtype=int).reshape(-1, 1)
     body = np.maximum(np.maximum(c, m), comm)
-    bound = np.where(forced >= 0, forced, timing.bound_codes(c, m, comm, o))
-    seconds_k = (body + o) * runs                                            # KernelRow.seconds
-    skip = -0.0                                                              # x + -0.0 == x: a skipped item
-    hidden_comm_k = np.where(overl & (bound == 2), comm * runs, skip)
-    hidden_compute_k = np.where(~overl & (bound == 0), seconds_k, skip)
-    # Estimate._attributed: a kernel's body time goes to its winner; kernels with no body are skipped
-    winner = np.where((comm == body) & (comm > 0), 2, np.where(c >= m, 0, 1))
-    attributed = np.where(body == 0, skip, body * runs)
-    summed = builtin_sum_rows(np.stack([seconds_k, hidden_comm_k, hidden_compute_k, o * runs], axis=1), order)
-    total, overlappable, compute_bound, overhead = summed
-    hidden = np.minimum(overlappable, compute_bound)
-    parts_cm = plain_sum_rows(0.0, np.stack([np.where(winner == 0, attributed, skip),
-                                             np.where(winner == 1, attributed, skip)], axis=1), order)
-    comm_total = plain_sum_rows(-hidden, np.where(winner == 2, attributed, skip), order)
-    seconds = total - hidden
-    parts = {"compute": parts_cm[0], "memory": parts_cm[1], "communication": comm_total, "overhead": overhead}
+    # what each row's body is attributed to (schedule.BUCKETS; timing.body_bound's rule), transfers to memory
+    bucket = np.where(forced >= 0, forced, np.where((comm == body) & (comm > 0), 2, np.where(c >= m, 0, 1)))
+    tl = schedule.run(graph, [body[i] for i in order], [o[i] for i in order], [bucket[i] for i in order],
+                      at.launch_overhead_s, launch_mode, detail=False)
+
+    def col(x) -> np.ndarray:
+        return np.array(np.broadcast_to(np.asarray(x, dtype=float), (n,)))
+
+    seconds = col(tl.seconds)
+    parts = {"compute": col(tl.compute_s), "memory": col(tl.memory_s), "communication": col(tl.comm_s),
+             "overhead": col(tl.overhead_s)}
     # Estimate.bound: the largest part, ties to the alphabetically last name
     names = sorted(parts, reverse=True)
     bound_total = np.array(names, dtype=object)[np.argmax(np.stack([parts[k] for k in names]), axis=0)]

@@ -41,11 +41,13 @@ class Comparison:
                 "yes" if r["fits_in_memory"] else "NO"]
             body.append(line)
         headers = ["target"] + (["pipeline"] if show_pipe else []) + [
-            "time", "speedup", "compute", "memory", "comm", "overhead", "bound", "MFU", "peak mem", "fits"]
+            "time", "speedup", "compute-bound", "memory-bound", "comm-bound", "overhead", "bound", "MFU", "peak mem",
+            "fits"]
         unknown = self.estimates[0].unknown_ops if self.estimates else {}
-        foot = "unknown ops: " + (", ".join(f"{k} x{v}" for k, v in unknown.items()) or "none")
+        foot = ("(compute-/memory-/comm-bound: the time of the kernels each resource bounds, not how long it was busy)\n"
+                "unknown ops: " + (", ".join(f"{k} x{v}" for k, v in unknown.items()) or "none"))
         title = f"program: {self.estimates[0].program}\n" if self.estimates else ""
-        return title + tabulate(body, headers=headers) + "\n" + foot
+        return title + tabulate(body, headers=headers, disable_numparse=True) + "\n" + foot
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows()}

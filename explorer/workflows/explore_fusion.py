@@ -29,6 +29,9 @@ class FusionDecision:
     layer: str
     bytes_kept_on_chip: float     # the intermediate that never reaches main memory (one write + one read)
     seconds_saved: float          # exact: estimate with this decision forbidden minus with it (all runs)
+    tensor: str = ""              # the intermediate(s) the decision keeps on chip, shape x dtype ("64x128xbf16")
+    producer_shape: str = ""      # the producer's result, shape x dtype
+    phase: str = ""               # forward / backward / optimizer (of the consumer)
 
     @property
     def edge(self) -> str:
@@ -65,26 +68,45 @@ def fusion_decisions(program, target, pipeline: str | list = "fuse{strategy=xla}
         vals = set(graph.ops[p].results) & set(graph.ops[c].operands)
         return float(sum(graph.values[v].nbytes for v in vals))
 
+    def tensors(p: int, c: int) -> str:
+        vals = sorted(set(graph.ops[p].results) & set(graph.ops[c].operands))
+        return ", ".join(str(graph.values[v]) for v in vals)
+
     def score(e) -> float:
         runs = program.weights[e[0]]
         return runs * (2 * intermediate(*e) * t_byte + target.launch_overhead_s)
 
-    base = estimate(program, target, pipeline=passes).seconds
+    base_est = estimate(program, target, pipeline=passes)
+    base = base_est.seconds
+    # work outside forward / backward is the optimizer update when the program has a backward (as the estimate says)
+    other = "optimizer" if any(k.phase == "backward" for k in base_est.kernels) else "forward"
+
+    def phase_of(op: int) -> str:
+        ph = names.parse(graph.ops[op].name_stack)[0]
+        return other if ph == "other" else ph
+
     out = []
     for p, c in sorted(edges, key=lambda e: (-score(e), e))[:top]:
         t = estimate(program, target, pipeline=with_fusion_edges(passes, forbid=[(p, c)])).seconds
         out.append(FusionDecision(
             producer=p, consumer=c, producer_op=graph.ops[p].short_name, consumer_op=graph.ops[c].short_name,
             layer=names.parse(graph.ops[c].name_stack)[1], bytes_kept_on_chip=2 * intermediate(p, c) * program.weights[p],
-            seconds_saved=t - base))
+            seconds_saved=t - base, tensor=tensors(p, c),
+            producer_shape=", ".join(str(graph.values[v]) for v in graph.ops[p].results),
+            phase=phase_of(c)))
     out.sort(key=lambda d: (-d.seconds_saved, d.producer, d.consumer))
     return out
 
 
 def decisions_table(decisions: list[FusionDecision]) -> str:
-    return tabulate([[d.edge, f"{d.producer_op} -> {d.consumer_op}", d.layer, fmt_bytes(d.bytes_kept_on_chip),
-                      fmt_seconds(d.seconds_saved)] for d in decisions],
-                    headers=["edge", "ops", "layer", "kept on chip", "time saved"])
+    """One row per decision: the ops it fuses with the tensor it keeps on chip (shape x dtype), where it is
+    (layer, phase), the bytes kept out of main memory and the exact time saved; ``edge`` (producer>consumer
+    op ids) is what ``with_fusion_edges`` takes."""
+    return tabulate([[f"{d.producer_op} -> {d.consumer_op}", d.tensor or d.producer_shape,
+                      names.display_layer(d.layer, d.phase), d.phase, fmt_bytes(d.bytes_kept_on_chip),
+                      fmt_seconds(d.seconds_saved), d.edge] for d in decisions],
+                    headers=["fuses", "tensor kept on chip", "layer", "phase", "bytes kept", "time saved", "edge"],
+                    disable_numparse=True)
 
 
 def summary(decisions: list[FusionDecision]) -> list[dict[str, Any]]:

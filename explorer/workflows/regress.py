@@ -11,7 +11,8 @@ change to a cost rule, a pass or a preset moves a number unnoticed.
     target = "tpu_v5p"                  # preset name or a TOML path relative to cases.toml
     pipeline = "fuse{strategy=xla}"     # "default", "none" or pipeline text
 
-and ``expected/<name>.json`` holds its figures. ``python -m explorer regress`` recomputes them and
+and ``expected/<name>.json`` holds its figures. ``python -m explorer regress`` (run in a checkout, so
+``examples/regressions`` of the current directory; ``--dir DIR`` elsewhere) recomputes them and
 prints every figure that moved with its relative change; it exits with 1 when one moved by more than
 ``REL_TOL`` (1e-9 relative: room for the last bits of floating point on another machine or BLAS,
 none for a real change), 0 otherwise. ``--update`` rewrites the stored figures, on purpose, after a
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +33,30 @@ import hw_targets
 from ..frontend.model_files import load_module, load_program
 from ..pricing.price import estimate
 
+# This checkout's own cases (the test suite checks them). The command line never defaults to it: it uses
+# ``examples/regressions`` of the current directory (``default_dir``), so ``--update`` only rewrites files
+# under the directory the user is in or names.
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "examples" / "regressions"
+RELATIVE_DIR = Path("examples") / "regressions"
 REL_TOL = 1e-9
 FIGURES = ("seconds", "compute_seconds", "memory_seconds", "comm_seconds", "overhead_seconds", "flops",
            "bytes_accessed", "kernels", "peak_memory_bytes", "unknown_ops")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _KEYS = {"name": True, "model": True, "target": True, "pipeline": False, "small": False, "set": False}
 
 
 class RegressionError(ValueError):
     """A malformed cases file: the message names the case, the key and the value."""
+
+
+def default_dir(cwd: str | Path | None = None) -> Path:
+    """``examples/regressions`` of the current directory (``cwd``), or a ``RegressionError`` saying to pass ``--dir``."""
+    here = Path.cwd() if cwd is None else Path(cwd)
+    d = here / RELATIVE_DIR
+    if (d / "cases.toml").is_file():
+        return d
+    raise RegressionError(f"no {RELATIVE_DIR / 'cases.toml'} under the current directory ({here}); run in a "
+                          f"checkout of the project or pass --dir DIR (a directory holding cases.toml and expected/)")
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,7 @@ class Report:
     checked: tuple[str, ...]
     changes: tuple[Change, ...]
     missing: tuple[str, ...]          # cases with no stored figures
+    directory: str = ""               # where the cases live (as the user gave it)
 
     @property
     def ok(self) -> bool:
@@ -90,17 +108,18 @@ class Report:
 
     def text(self) -> str:
         lines = []
+        where = f" --dir {self.directory}" if self.directory else ""
         for name in self.checked:
             mine = [c for c in self.changes if c.case == name]
             if name in self.missing:
-                lines.append(f"{name}: NO PINNED FIGURES (run `python -m explorer regress --update --case {name}`)")
+                lines.append(f"{name}: NO PINNED FIGURES (run `python -m explorer regress{where} --update --case {name}`)")
             elif mine:
                 lines.append(f"{name}: {len(mine)} figure(s) moved beyond {REL_TOL:g} relative")
                 lines.extend(c.line() for c in mine)
             else:
                 lines.append(f"{name}: ok")
         verdict = "all pinned figures hold" if self.ok else (
-            "pinned figures moved: review the change, then `python -m explorer regress --update` to pin the new ones")
+            f"pinned figures moved: review the change, then `python -m explorer regress{where} --update` to pin the new ones")
         return "\n".join(lines + [verdict])
 
 
@@ -108,9 +127,10 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def load_cases(directory: str | Path = DEFAULT_DIR) -> list[Case]:
-    """The cases of ``directory/cases.toml`` (keys checked: an unknown one is an error naming it)."""
-    path = Path(directory) / "cases.toml"
+def load_cases(directory: str | Path | None = None) -> list[Case]:
+    """The cases of ``directory/cases.toml`` (default: ``default_dir()``; keys checked: an unknown one is an
+    error naming it)."""
+    path = Path(default_dir() if directory is None else directory) / "cases.toml"
     if not path.is_file():
         raise RegressionError(f"{path}: no such file")
     data = tomllib.loads(path.read_text())
@@ -123,6 +143,9 @@ def load_cases(directory: str | Path = DEFAULT_DIR) -> list[Case]:
         for key, required in _KEYS.items():
             if required and key not in raw:
                 raise RegressionError(f"{where}: missing key {key!r}")
+        if not isinstance(raw["name"], str) or not _SAFE_NAME.fullmatch(raw["name"]):
+            raise RegressionError(f"{where}: name {raw['name']!r} must be letters, digits, '_', '-' or '.' "
+                                  "(it names the file expected/<name>.json)")
         if raw["name"] in seen:
             raise RegressionError(f"{where}: duplicate name {raw['name']!r}")
         seen.add(raw["name"])
@@ -134,9 +157,9 @@ def load_cases(directory: str | Path = DEFAULT_DIR) -> list[Case]:
     return cases
 
 
-def figures(case: Case, directory: str | Path = DEFAULT_DIR) -> dict[str, Any]:
+def figures(case: Case, directory: str | Path | None = None) -> dict[str, Any]:
     """Lower the case's model and estimate it: the pinned figures."""
-    directory = Path(directory)
+    directory = Path(default_dir() if directory is None else directory)
     model = str(directory / case.model)
     overrides = dict(case.overrides)
     if case.small:
@@ -178,9 +201,10 @@ def compare_figures(name: str, expected: Mapping[str, Any], actual: Mapping[str,
     return out
 
 
-def check(directory: str | Path = DEFAULT_DIR, names: Sequence[str] | None = None) -> Report:
-    """Recompute every case (or those named) and compare with the stored figures."""
-    directory = Path(directory)
+def check(directory: str | Path | None = None, names: Sequence[str] | None = None) -> Report:
+    """Recompute every case (or those named) and compare with the stored figures (default directory:
+    ``default_dir()``, ``examples/regressions`` of the current directory)."""
+    directory = Path(default_dir() if directory is None else directory)
     cases = _select(load_cases(directory), names)
     changes: list[Change] = []
     missing: list[str] = []
@@ -191,15 +215,18 @@ def check(directory: str | Path = DEFAULT_DIR, names: Sequence[str] | None = Non
             continue
         stored = json.loads(path.read_text())["figures"]
         changes += compare_figures(case.name, stored, figures(case, directory))
-    return Report(checked=tuple(c.name for c in cases), changes=tuple(changes), missing=tuple(missing))
+    return Report(checked=tuple(c.name for c in cases), changes=tuple(changes), missing=tuple(missing),
+                  directory=str(directory))
 
 
-def update(directory: str | Path = DEFAULT_DIR, names: Sequence[str] | None = None) -> list[Path]:
-    """Recompute and store the figures of every case (or those named)."""
+def update(directory: str | Path, names: Sequence[str] | None = None) -> list[Path]:
+    """Recompute and store the figures of every case (or those named) under ``directory/expected`` (and nowhere else)."""
     directory = Path(directory)
     written = []
     for case in _select(load_cases(directory), names):
         path = _expected_path(directory, case.name)
+        if not path.resolve().is_relative_to((directory / "expected").resolve()):
+            raise RegressionError(f"case {case.name!r}: {path} lies outside {directory / 'expected'}; not written")
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"case": case.describe(), "figures": figures(case, directory)}
         path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

@@ -26,6 +26,7 @@ import os
 import pickle
 import sys
 import types
+import warnings
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -54,6 +55,10 @@ _PARTS = ("compute", "memory", "communication", "overhead")
 
 class SweepError(ValueError):
     """A bad grid or option: the message names the knob / option and the bad value."""
+
+
+class SweepWarning(UserWarning):
+    """A result that is valid but probably not what was asked (a Pareto front over a cost that never varies)."""
 
 
 # -- variants ---------------------------------------------------------------------------------
@@ -153,9 +158,19 @@ class SweepResult:
     def pareto(self, cost: str | Callable[[dict[str, Any]], float] = "tdp_w", time: str = "seconds") -> "SweepResult":
         """The variants no other variant beats on both ``time`` and ``cost`` (lower is better for both),
         ordered by cost. ``cost``: a column (``tdp_w``, ``price_usd``, ``die_area_mm2``, a knob) or a
-        function of a row (your own cost model)."""
+        function of a row (your own cost model).
+
+        When the cost is the same in every variant (``tdp_w`` of a grid that does not sweep it), the front is
+        only the fastest variant: that is correct but rarely the question, so a ``SweepWarning`` says so (sweep
+        the cost column, or pass a function of the row as ``cost``)."""
         costs = self._cost_values(cost)
         times = np.asarray(self.column(time), dtype=float)
+        if len(self) > 1 and len(set(costs.tolist())) == 1:
+            what = cost if isinstance(cost, str) else "the cost function"
+            warnings.warn(SweepWarning(
+                f"pareto: {what} is {costs[0]:g} in every one of the {len(self)} variants, so the front is just the "
+                f"fastest variant; sweep {what} (e.g. grid {{{what!r}: [...]}}) or pass cost=a function of the row "
+                f"(your cost model)"), stacklevel=2)
         order = sorted(range(len(self)), key=lambda i: (costs[i], times[i], i))
         front, best_time = [], np.inf
         for i in order:
@@ -187,13 +202,14 @@ class SweepResult:
     # -- rendering ----------------------------------------------------------------------------
     def _cells(self, i: int) -> list[str]:
         c = self.columns
-        out = [f"{c[k][i]:.4g}" for k in self.knobs]
+        out = [f"{c[k][i] + 0.0:.4g}" for k in self.knobs]
         out += [fmt_seconds(c[f][i]) for f in FIGURES]
         out += [str(c["bound"][i]), f"{c['mfu'][i]:.1%}", "yes" if c["fits_in_memory"][i] else "NO"]
         return out
 
     def _headers(self) -> list[str]:
-        return [*self.knobs, "time", "compute", "memory", "comm", "overhead", "bound", "MFU", "fits"]
+        # compute / memory / comm: time of the kernels each resource bounds, not how long it was busy
+        return [*self.knobs, "time", "compute-bound", "memory-bound", "comm-bound", "overhead", "bound", "MFU", "fits"]
 
     def table(self, top: int | None = None, sort: str | None = None) -> str:
         """Rows as a text table (``sort`` by a column, at most ``top`` rows)."""
@@ -268,7 +284,7 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
         raise SweepError("sweep: the grid has no variants")
     knobs = tuple(dict.fromkeys(k for v in variants for k in v))
     if pipeline == "default":
-        pipeline = pl.default_pipeline()
+        pipeline = pl.default_pipeline(program)
     passes = pl.resolve(pipeline or None)
     text = pl.to_text(passes)
     reads = knobs_read(passes, knobs)

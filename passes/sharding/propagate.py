@@ -17,8 +17,11 @@ order. What it records:
   is split along the reduced axis (ZeRO/FSDP gradients, Megatron sequence parallelism). It is
   reduced at the element size of the op that produced it, as XLA reduces right after the dot.
 
-Resharded copies are reused within a phase (forward, backward, optimizer): FSDP gathers a
-parameter once in the forward pass and again in the backward pass, as ZeRO-3 does.
+Resharded copies are reused within a phase (forward, backward, optimizer): FSDP gathers a parameter once
+in the forward pass and again in the backward pass, as ZeRO-3 does, and sequence / context parallelism
+re-gather activations for the backward pass. A copy of a computed value that is no larger than the value
+(all-to-all'd, reduced) is also reused across phases, as the saved activation: an expert-parallel layer's
+backward pass reads the tokens dispatched in the forward pass, without a second all-to-all.
 Approximations, stated: a loop keeps its carried values' layouts (no reshard at the end of an
 iteration); a ``case`` returns replicated values; ``sdy.manual_computation`` (shard_map) bodies are
 already per-device and are left as they are.
@@ -199,6 +202,7 @@ class _Partitioner:
             self.spec[v] = s
         self.origin: dict[int, tuple[int, float]] = {}       # partial value -> (op that produced the sum, itemsize)
         self.versions: dict[tuple[int, str], list[Spec]] = {}
+        self.made: dict[int, list[tuple[str, Spec]]] = {}      # value -> (phase, layout) of every resharded copy
         self.inserted: list[Inserted] = []
         self.works: dict[int, Work] = {}
         self.labels: dict[int, str] = {}
@@ -419,7 +423,7 @@ class _Partitioner:
             return []
         isz = max(1, dtype_bytes(t.dtype))
         cur = self.get(v)
-        sources = [cur] + [s for s in self.versions.get((v, phase), []) if s != cur]
+        sources = [cur] + [s for s in self._reusable(v, phase) if s != cur]
         best_steps: list[Step] | None = None
         best_t = math.inf
         origin = self.origin.get(v)
@@ -432,11 +436,29 @@ class _Partitioner:
                 best_t, best_steps = cost, steps
         return best_steps or []
 
+    def _reusable(self, v: int, phase: str) -> list[Spec]:
+        """Resharded copies of ``v`` a reader in ``phase`` may use instead of resharding again: those made in the same
+        phase, and, for a value an op computed, a copy made in another phase that is no larger than the value
+        itself (an all-to-all'd or reduced copy, kept as the saved activation, as GSPMD's reshard cache reuses it:
+        an expert-parallel layer's dispatched tokens, read again by the experts' weight gradients). A larger copy (a
+        gather) is made again in each phase, as ZeRO-3 re-gathers a weight and Megatron's sequence and context
+        parallelism re-gather an activation for the backward pass instead of keeping the gathered one."""
+        out = list(self.versions.get((v, phase), []))
+        if self.graph.producer(v) is None:
+            return out
+        t = self.graph.values[v]
+        own = math.prod(self.get(v).local_shape(t.shape, self.mesh))
+        for ph, s in self.made.get(v, []):
+            if ph != phase and s not in out and math.prod(s.local_shape(t.shape, self.mesh)) <= own:
+                out.append(s)
+        return out
+
     def _reshard(self, v: int, want: Spec, consumer: int, phase: str, why: str) -> None:
         steps, moved = self._plan(v, want, phase)
         if not steps:
             return
         self.versions.setdefault((v, phase), []).append(want)
+        self.made.setdefault(v, []).append((phase, want))
         if moved != v:
             why = f"{why} (through the broadcast of {self._name(moved)})"
             v = moved

@@ -12,8 +12,8 @@ never a chip's speed. What each family does, as GSPMD / Shardy do:
 - reduce: a reduced dimension's axes become a pending partial sum;
 - reshape / transpose / broadcast: layouts map through the dimension correspondence (a split
   or merge keeps only the major dimension's axes);
-- slice / pad / concatenate / dynamic_(update_)slice / sort / windows: a dimension whose extent
-  changes must be whole on every device;
+- slice / pad / concatenate / dynamic_(update_)slice / sort / top_k / windows: a dimension whose extent
+  changes (or is searched) must be whole on every device;
 - gather: indexed dimensions sharded -> masked local lookup and a partial sum (vocab-parallel
   embeddings); scatter: updates sharded on their scatter dims -> a partial sum;
 - sharding constraints: the given layout; anything unknown: replicated.
@@ -357,6 +357,32 @@ def windowed(ctx: Ctx) -> list[Choice]:
 def sort(ctx: Ctx) -> list[Choice]:
     dim = int(ctx.op.attrs.get("dimension", -1)) % max(1, len(ctx.ins[0].shape))
     return _whole_dims(ctx, [dim], "sort")
+
+
+@rule("chlo.top_k", "mhlo.topk")
+def top_k(ctx: Ctx) -> list[Choice]:
+    """The k largest along the last dimension: that dimension whole, every other one (tokens, batch, groups) split as
+    the operand is, values and indices alike (an MoE router's top-k runs on each device's own tokens)."""
+    return _whole_dims(ctx, [len(ctx.ins[0].shape) - 1], "top_k")
+
+
+@rule("stablehlo.custom_call")
+def custom_call(ctx: Ctx) -> list[Choice]:
+    """``ApproxTopK`` (``jax.lax.approx_max_k``) splits like ``top_k`` along every dimension but its reduction
+    dimension; any other custom call as before this rule existed (elementwise when its shapes say so, else
+    replicated)."""
+    if ctx.op.attrs.get("call_target_name") == "ApproxTopK" and ctx.ins and ctx.ins[0].shape:
+        cfg = ctx.op.attrs.get("mhlo.backend_config")
+        rank = len(ctx.ins[0].shape)
+        dim = cfg.get("reduction_dim", rank - 1) if hasattr(cfg, "get") else rank - 1
+        try:
+            dim = int(dim) % rank
+        except (TypeError, ValueError):
+            return replicate(ctx)
+        # operands: the values and their iota (same rank), then scalar init values; results: values, indices
+        if all(len(t.shape) in (rank, 0) for t in ctx.ins) and all(len(t.shape) == rank for t in ctx.outs):
+            return _whole_dims(ctx, [dim], "approx top_k")
+    return elementwise(ctx) if _is_elementwise(ctx) else replicate(ctx)
 
 
 @rule("stablehlo.cumsum", "stablehlo.fft", "stablehlo.cholesky", "stablehlo.triangular_solve")

@@ -9,7 +9,7 @@ from ..plan import ExtraKernel, Plan
 from .propagate import Inserted, ShardingResult, propagate
 from .read import read
 from .spec import Mesh
-from .strategies import DATA_ROOTS, Strategy, layouts, parse_axes, parse_mesh_text, parse_pins
+from .strategies import DATA_ROOTS, Strategy, check, layouts, parse_axes, parse_mesh_text, parse_pins
 
 @register
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.mesh:
-            m = parse_mesh_text(self.mesh)
-            for a in self.strategy().axes():
-                m.size(a)
+            check(self.strategy(), parse_mesh_text(self.mesh))
         elif any((self.dp, self.fsdp, self.tp, self.cp, self.ep, self.pins, self.sp, self.zero1)):
             raise ValueError("strategies (dp/fsdp/tp/cp/ep/sp/zero1/pins) need a mesh, e.g. mesh=data=4.model=2")
         parse_pins(self.pins)
@@ -49,6 +47,22 @@ class Shard:
     def describe(self) -> str:
         """The strategy in one line (``dp=data,tp=model,sp``), or ``program shardings``."""
         return self.strategy().describe() if self.mesh else "program shardings"
+
+    @staticmethod
+    def carries_shardings(program) -> bool:
+        """Whether JAX wrote shardings over more than one device into ``program`` (what ``default_pipeline`` asks
+        before putting this pass, reading the program, in front of fusion). Cached on the program. A program whose
+        annotations cannot be read (several meshes) counts as sharded, so the pass says why rather than the
+        estimate silently pricing one device."""
+        hit = program.__dict__.get("_carries_shardings")
+        if hit is None:
+            try:
+                found = read(program.graph)
+                hit = found.form != "none" and found.mesh.devices > 1
+            except ValueError:
+                hit = True
+            program.__dict__["_carries_shardings"] = hit
+        return hit
 
     def alternatives(self) -> list["Shard"]:
         """Single-strategy variants over the same mesh (the search module enumerates meshes too)."""
@@ -77,11 +91,14 @@ class Shard:
 
     def run(self, program, plan: Plan, target) -> Plan:
         res = self.analyse(program, target)
+        source = (f"{self.strategy().describe()} on the given mesh" if self.mesh
+                  else "sharded as the program's shardings say")
         return plan.with_(work_overrides={**(plan.work_overrides or {}), **res.works},
                           value_bytes={**(plan.value_bytes or {}), **res.value_bytes},
                           extra_kernels=plan.extra_kernels + collective_kernels(res),
                           notes=plan.notes + tuple(f"shard: {n}" for n in res.notes)
-                          + (f"shard: mesh {res.mesh}, {len(res.collectives)} collectives",))
+                          + (f"shard: {source}: mesh {res.mesh} ({res.mesh.devices} devices, figures per device), "
+                             f"{len(res.collectives)} collectives",))
 
 
 def collective_kernels(res: ShardingResult) -> tuple[ExtraKernel, ...]:

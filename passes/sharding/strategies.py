@@ -21,7 +21,9 @@ a strategy says which mesh axes split what:
   optimizer memory;
 - ``cp``: the sequence dimension (dim 1) of the data inputs (context parallelism: the partitioner
   gathers keys and values for attention);
-- ``ep``: the expert dimension (dim 0) of parameters under a module whose name contains ``expert``;
+- ``ep``: the expert dimension (dim 0) of parameters under a module whose name contains ``expert``; its axes
+  may be the ``dp`` (or ``fsdp``) axes, as in GShard / Switch: the devices that split the tokens each hold a
+  share of the experts, and the tokens meet their experts through all-to-alls (the batch is split once);
 - ``pins``: per-tensor layouts by glob on the input name or its ``/``-joined path, overriding all.
 
 Optimizer state follows its parameter (same path, same shape). Outputs that return a state
@@ -67,7 +69,8 @@ class Strategy:
     vocab: frozenset[str] = VOCAB
 
     def axes(self) -> tuple[str, ...]:
-        return self.dp + self.fsdp + self.tp + self.cp + self.ep
+        """Every mesh axis the strategy uses, once each (``ep`` may reuse the ``dp`` / ``fsdp`` axes)."""
+        return tuple(dict.fromkeys(self.dp + self.fsdp + self.tp + self.cp + self.ep))
 
     def describe(self) -> str:
         parts = [f"{k}={'+'.join(v)}" for k, v in (("dp", self.dp), ("fsdp", self.fsdp), ("tp", self.tp),
@@ -101,14 +104,27 @@ def path_of(name: str) -> tuple[str, ...]:
     return tuple(_KEY.findall(name))
 
 
-def layouts(graph, mesh: Mesh, strategy: Strategy) -> Layouts:
-    """Layouts of the program inputs (and the state outputs) under ``strategy`` on ``mesh``."""
+def check(strategy: Strategy, mesh: Mesh) -> None:
+    """``ValueError`` for a strategy that cannot be laid out on ``mesh``, saying why. ``ep`` may share the
+    ``dp`` / ``fsdp`` axes (expert parallelism over the data axis); ``tp`` and ``cp`` need axes of their own."""
     for a in strategy.axes():
         mesh.size(a)
     if strategy.sp and not strategy.tp:
         raise ValueError("sequence parallelism (sp) needs tensor parallel axes (tp)")
     if strategy.zero1 and not strategy.dp:
         raise ValueError("zero1 shards the optimizer state over the data-parallel axes: it needs dp")
+    batch = set(strategy.dp) | set(strategy.fsdp) | set(strategy.ep)
+    for kind, axes, others in (("tp", strategy.tp, batch | set(strategy.cp)), ("cp", strategy.cp, batch)):
+        shared = [a for a in axes if a in others]
+        if shared:
+            raise ValueError(f"{kind} axis {', '.join(shared)} is also used by another strategy (dp/fsdp/ep"
+                             f"{'/cp' if kind == 'tp' else ''}); a mesh axis splits one dimension of a tensor, so "
+                             f"{kind} needs an axis of its own (e.g. mesh=data=2.model=4,dp=data,{kind}=model)")
+
+
+def layouts(graph, mesh: Mesh, strategy: Strategy) -> Layouts:
+    """Layouts of the program inputs (and the state outputs) under ``strategy`` on ``mesh``."""
+    check(strategy, mesh)
     inputs: dict[int, Spec] = {}
     pinned: dict[int, frozenset[str]] = {}
     roles: dict[int, str] = {}
@@ -186,7 +202,7 @@ def _data_layout(shape, mesh: Mesh, s: Strategy) -> tuple[Spec, list[str]]:
     why: list[str] = []
     if not shape:
         return Spec(()), why
-    batch = s.dp + s.fsdp + s.ep
+    batch = _distinct(s.dp + s.fsdp + s.ep)     # ep over the dp axis: the tokens are split once (GShard, Switch)
     if batch:
         if _fits(shape[0], batch, mesh):
             dims[0] = batch
@@ -237,6 +253,11 @@ def _state_layout(name: str, shape, mesh: Mesh, s: Strategy):
             else:
                 why.append(f"{role} dim {tp_dim} ({shape[tp_dim]}) does not divide over {'x'.join(s.tp)}; replicated")
     split = s.fsdp or (s.dp if s.zero1 and "opt" in root_of(name).lower() else ())
+    taken = {a for d in dims for a in d}
+    if split and taken & set(split):
+        # an expert weight already split over these axes (ep over the fsdp / zero1 axis): each device holds its
+        # own experts whole, so there is nothing left for FSDP to shard over them
+        split = tuple(a for a in split if a not in taken)
     if split:
         free = [d for d in range(len(shape)) if not dims[d] and _fits(shape[d], split, mesh)]
         if free:
@@ -245,6 +266,10 @@ def _state_layout(name: str, shape, mesh: Mesh, s: Strategy):
         else:
             why.append(f"no dimension of {shape} divides over {'x'.join(split)}; replicated")
     return Spec(tuple(dims)), role, frozenset(pins), why
+
+
+def _distinct(axes: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(axes))
 
 
 def parse_axes(text: str) -> tuple[str, ...]:

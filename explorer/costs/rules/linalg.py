@@ -3,20 +3,54 @@ plus the dense linear-algebra ops (fft, cholesky, triangular_solve)."""
 from __future__ import annotations
 
 import math
+import re
 
+from ...graph.ir import dtype_bytes
 from ..registry import rule
 from ..work import Gemm, Work
 from ._common import nbytes
 
 
-def _matmul_dtype(op, lhs_dtype: str) -> str:
-    # f32 matmuls at DEFAULT precision run on TF32-class units where a chip has them ("tf32");
-    # HIGHEST asks for full f32.
-    if lhs_dtype == "f32":
-        precision = op.attrs.get("precision_config") or ()
-        if not any("HIGHEST" in str(p) for p in precision):
-            return "tf32"
-    return lhs_dtype
+_PRECISION_LABELS = {"DEFAULT": "tf32", "HIGH": "f32_high", "HIGHEST": "f32"}
+_ALGORITHM = re.compile(r"lhs_precision_type\s*=\s*(\w+).*?num_primitive_operations\s*=\s*(\d+)")
+
+
+def _matmul_dtype(op, lhs_dtype: str, rhs_dtype: str | None = None) -> str:
+    """The type a matmul's arithmetic runs in, as the cost model prices it (``explorer.model.timing.matrix_peak``).
+
+    - f32 operands: by the dot's ``precision_config`` (the higher of the two operands'): DEFAULT -> "tf32",
+      HIGH -> "f32_high", HIGHEST -> "f32"; the target decides what each costs (TF32 or the FP32 rate on NVIDIA,
+      1 / 3 / 6 bf16 passes on a TPU);
+    - an explicit dot ``algorithm`` (``lax.DotAlgorithmPreset``): its operand precision and passes
+      ("bf16", "bf16x3", "bf16x6", "tf32", "tf32x3", "f32");
+    - mixed operand types (bf16 x f32): the wider one (XLA converts the narrower);
+    - otherwise the operand type (bf16, f16, f8E4M3FN, i8, ...)."""
+    algo = op.attrs.get("algorithm")
+    if algo:
+        m = _ALGORITHM.search(str(algo))
+        if m:
+            base, passes = m.group(1), int(m.group(2))
+            if base == "f32":
+                return "f32"
+            if base in ("bf16", "tf32"):
+                return base if passes == 1 else f"{base}x{passes}"
+            return base
+    dtype = lhs_dtype
+    if rhs_dtype is not None and rhs_dtype != lhs_dtype:
+        dtype = max((lhs_dtype, rhs_dtype), key=lambda d: (_width(d), d))
+    if dtype == "f32":
+        precision = [str(p) for p in (op.attrs.get("precision_config") or ())]
+        level = max((lvl for lvl in _PRECISION_LABELS if any(f"precision {lvl}>" in p or p == lvl for p in precision)),
+                    key=list(_PRECISION_LABELS).index, default="DEFAULT")
+        return _PRECISION_LABELS[level]
+    return dtype
+
+
+def _width(dtype: str) -> int:
+    try:
+        return dtype_bytes(dtype)
+    except ValueError:
+        return 0
 
 
 @rule("stablehlo.dot_general")
@@ -32,7 +66,7 @@ def dot_general(op, ins, outs) -> Work:
     n = math.prod(rhs.shape[d] for d in rhs_free)
     g = Gemm(batch=batch, m=m, n=n, k=k)
     return Work(matrix_flops=g.flops, bytes_read=nbytes(ins), bytes_written=nbytes(outs),
-                dtype=_matmul_dtype(op, lhs.dtype), gemm=g)
+                dtype=_matmul_dtype(op, lhs.dtype, rhs.dtype), gemm=g)
 
 
 @rule("stablehlo.dot")
@@ -43,7 +77,7 @@ def dot(op, ins, outs) -> Work:
     n = rhs.shape[-1] if len(rhs.shape) == 2 else 1
     g = Gemm(batch=1, m=m, n=n, k=k)
     return Work(matrix_flops=g.flops, bytes_read=nbytes(ins), bytes_written=nbytes(outs),
-                dtype=_matmul_dtype(op, lhs.dtype), gemm=g)
+                dtype=_matmul_dtype(op, lhs.dtype, rhs.dtype), gemm=g)
 
 
 def valid_taps(in_size: int, out_size: int, window: int, stride: int, pad_lo: int,
@@ -87,7 +121,7 @@ def convolution(op, ins, outs) -> Work:
     groups = int(op.attrs.get("feature_group_count", 1)) * int(op.attrs.get("batch_group_count", 1))
     g = Gemm(batch=groups, m=out_pixels, n=max(1, out_feat // groups), k=kin * taps_per_output)
     return Work(matrix_flops=flops, bytes_read=nbytes(ins), bytes_written=nbytes(outs),
-                dtype=_matmul_dtype(op, lhs.dtype), gemm=g)
+                dtype=_matmul_dtype(op, lhs.dtype, rhs.dtype), gemm=g)
 
 
 @rule("stablehlo.fft")
