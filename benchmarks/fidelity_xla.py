@@ -180,13 +180,27 @@ def collectives_of(est) -> dict[str, list[float]]:
     return out
 
 
-def side(est) -> Side:
+def main_memory_bytes(est, target) -> float:
+    """The estimate's bytes in main memory: every kernel's traffic less what its plan places in another level
+    (XLA:TPU's VMEM buffers, ``S(1)``: a prefetch reads HBM once, its readers read VMEM)."""
+    program, plan = est._program, est._plan
+    if not plan.placement:
+        return est.bytes_accessed
+    main, elsewhere = target.main_memory.name, 0.0
+    for kern in kernels_of(program, plan):
+        runs = program.weights[kern.ops[0]]
+        elsewhere += runs * sum(b for v, b in (*kern.reads, *kern.writes) if plan.placement.get(v, main) != main)
+    return est.bytes_accessed - elsewhere
+
+
+def side(est, target=None) -> Side:
     """Kernels: compute and collective kernels (a compiler's async DMA copies, XLA:TPU's prefetches into on-chip
     memory, are counted apart in ``extra``)."""
     plan = est._plan
     copies = sum(1 for k in (plan.kernels or ()) if k.kind == "copy")
     launched = sum(1 for k in est.kernels if k.ops or k.collective_bytes or k.name.startswith("copy["))
-    return Side(kernels=launched - copies, hbm_bytes=est.bytes_accessed,
+    hbm = main_memory_bytes(est, target) if target is not None else est.bytes_accessed
+    return Side(kernels=launched - copies, hbm_bytes=hbm,
                 peak_bytes=float(est.peak_memory_bytes), seconds=est.seconds, collectives=collectives_of(est),
                 flops=est.flops, unknown_ops=dict(est.unknown_ops), extra={"copies": copies})
 
@@ -215,11 +229,11 @@ def measure(name: str, build, target) -> Row:
     t0 = time.perf_counter()
     prog = explorer.lower(fn, *args)
     shard = "shard{}," if sharded(args) else ""
-    ours = side(explorer.estimate(prog, target, pipeline=f"{shard}fuse{{strategy=xla}}"))
-    agg = side(explorer.estimate(prog, target, pipeline=f"{shard}fuse{{strategy=aggressive}}"))
+    ours = side(explorer.estimate(prog, target, pipeline=f"{shard}fuse{{strategy=xla}}"), target)
+    agg = side(explorer.estimate(prog, target, pipeline=f"{shard}fuse{{strategy=aggressive}}"), target)
     analysis_s = time.perf_counter() - t0
     compiled = explorer.lower(fn, *args, compiler="xla", target=target)
-    theirs = side(explorer.estimate(compiled, target))
+    theirs = side(explorer.estimate(compiled, target), target)
     info = compiled.origin
     return Row(name, ours, agg, theirs, info["memory_analysis"].get("peak_memory_in_bytes", float("nan")),
                info["cost_analysis"].get("optimal_seconds"), info["cost_analysis"].get("bytes accessed"),

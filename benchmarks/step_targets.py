@@ -85,7 +85,7 @@ def data_parallel(out: list[str]) -> None:
                    f"{total * 1e3:.3f} ms of communication, {exposed * 1e3:.3f} ms exposed: "
                    f"{1 - exposed / total:.1%} hidden; all communication {est.total_comm_seconds * 1e3:.3f} ms, "
                    f"exposed {est.comm_seconds * 1e3:.3f} ms")
-    out.append("  (one all-reduce per parameter as the sharding pass inserts them, no bucketing)")
+    out.append(f"  (collectives as the sharding pass inserts them: {est.plan_notes[-1] if est.plan_notes else ''})")
 
 
 def gpt2_tpu(out: list[str]) -> None:

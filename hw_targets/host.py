@@ -406,6 +406,7 @@ class HostFit:
     caches: tuple[Mapping[str, Any], ...]
     memory_bytes: float
     clock_hz: float
+    gemm_overhead_s: float = 0.0           # fixed seconds per GEMM call (fitted with the matrix tile and rate)
 
 
 def build_target(ident: Mapping[str, Any], fit: HostFit, measured_at: str = ""):
@@ -431,6 +432,7 @@ def build_target(ident: Mapping[str, Any], fit: HostFit, measured_at: str = ""):
         "async_collectives": False, "tdp_w": WATTS_PER_CORE * fit.cores,
         "compute": {
             "f32_matmul": "fp32", "split_k": False,   # XLA:CPU's Eigen contractions never split K
+            "gemm_overhead_s": fit.gemm_overhead_s,
             "matrix_flops_per_s": dict(fit.matrix_flops_per_s), "vector_flops_per_s": dict(fit.vector_flops_per_s),
             "transcendental_per_s": fit.transcendental_per_s, "matrix_units": fit.cores,
             "matrix_tile": list(fit.matrix_tile), "clock_hz": fit.clock_hz or 1e9},

@@ -23,7 +23,7 @@ _TOP = {"name": True, "description": True, "kind": True, "launch_overhead_s": Tr
         "async_collectives": False}
 _COMPUTE = {"matrix_flops_per_s": True, "vector_flops_per_s": True, "transcendental_per_s": True,
             "matrix_units": True, "matrix_tile": True, "clock_hz": True, "f32_matmul": False,
-            "split_k": False}
+            "split_k": False, "gemm_overhead_s": False}
 _MEMORY = {"name": True, "kind": True, "capacity_bytes": True, "bandwidth_bytes_per_s": True, "latency_s": True}
 _NETWORK = {"topology": True, "domain_size": True, "torus_dims": False, "link_bandwidth_bytes_per_s": True,
             "links_per_chip": True, "chip_bandwidth_bytes_per_s": True, "latency_s": True, "efficiency": True,
@@ -175,6 +175,7 @@ def from_dict(data: dict, where: str = "<dict>", source: str = "") -> Target:
         clock_hz=_num(where, "compute.clock_hz", c["clock_hz"]),
         f32_matmul=_str(where, "compute.f32_matmul", c.get("f32_matmul", "")),
         split_k=_bool(where, "compute.split_k", c.get("split_k", True)),
+        gemm_overhead_s=_num(where, "compute.gemm_overhead_s", c.get("gemm_overhead_s", 0.0)),
     )
     mem = data["memory"]
     if not isinstance(mem, list) or not mem:

@@ -68,6 +68,7 @@ RANGES: dict[str, Range] = {
     "compute.transcendental_per_s": Range(1e6, 1e19, "elements/s", why=_RATE.why),
     "compute.matrix_units": Range(1, 10_000_000, "units", integer=True, why="SMs / CUs / MXUs / cores per chip"),
     "compute.matrix_tile.*": Range(1, 65536, "elements", integer=True, why="a tile dimension"),
+    "compute.gemm_overhead_s": Range(0.0, 0.01, "s", why="0 to 10 ms per matrix-unit call"),
     "compute.clock_hz": Range(1e6, 1e11, "Hz", why="1 MHz to 100 GHz; informational: the cost model reads the rates, not the clock"),
     "memory.*.capacity_bytes": Range(1e3, 1e16, "B", why="1 kB to 10 PB"),
     "memory.*.bandwidth_bytes_per_s": Range(1e6, 1e18, "B/s", why="1 MB/s to 1 EB/s"),

@@ -73,6 +73,8 @@ class Compute:
     clock_hz: float
     f32_matmul: str = ""                 # how f32 operands run: tf32 | bf16_passes | fp32 ("": from the figures)
     split_k: bool = True                 # the GEMM library splits K (split-K / stream-K) when tiles are few
+    gemm_overhead_s: float = 0.0         # fixed seconds per matrix-unit call on top of its compute (a CPU's GEMM
+                                         # library: thread-pool fork / join, packing); 0 where kernel_gap_s has it
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class Target:
         for axis, v in zip("mnk", c.matrix_tile):
             k[f"compute.matrix_tile.{axis}"] = float(v)
         k["compute.clock_hz"] = float(c.clock_hz)
+        k["compute.gemm_overhead_s"] = float(c.gemm_overhead_s)
         for m in self.memory:
             for f in ("capacity_bytes", "bandwidth_bytes_per_s", "latency_s"):
                 k[f"memory.{m.name}.{f}"] = float(getattr(m, f))

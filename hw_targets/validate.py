@@ -83,6 +83,7 @@ def validate_target(t: Any, where: str) -> None:
         _number(where, f"compute.vector_flops_per_s.{d}", f"compute.vector_flops_per_s.{d}", v)
     for f in ("transcendental_per_s", "clock_hz"):
         _number(where, f"compute.{f}", f"compute.{f}", getattr(c, f))
+    _number(where, "compute.gemm_overhead_s", "compute.gemm_overhead_s", getattr(c, "gemm_overhead_s", 0.0))
     _number(where, "compute.matrix_units", "compute.matrix_units", c.matrix_units, integer=True)
     if not isinstance(c.matrix_tile, tuple) or len(c.matrix_tile) != 3:
         _fail(where, "compute.matrix_tile", "must be three integers (m, n, k)", c.matrix_tile)

@@ -15,7 +15,10 @@ Strategies:
 - ``compiled``: the kernels a compiler already chose, for a program imported from its optimized
   module (``explorer.lower(..., compiler="xla")``): each top-level fusion (with the fusions nested
   in it) is one kernel, each async collective start one overlappable kernel, and every other op
-  that launches a kernel (a library call, a copy, a synchronous collective) its own.
+  that launches a kernel (a library call, a copy, a synchronous collective) its own. Values the
+  compiler put in another memory space (XLA:TPU's VMEM, ``S(1)`` in the module's ``xla_shape``) are placed
+  in the target's on-chip level, so a prefetch into VMEM and the kernels reading it there are not priced
+  as main-memory traffic.
 
 A fused kernel's traffic is only what crosses its boundary (plus spills); its compute is
 the sum of its ops; it pays one launch overhead. Fusion never crosses a loop or branch
@@ -24,6 +27,7 @@ take edges, so a notebook can override single choices; ``candidates()`` lists th
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -40,6 +44,12 @@ from .plan import ExtraKernel, Kernel, Plan
 STRATEGIES = ("none", "xla", "aggressive", "compiled")
 _ASYNC_STARTS = frozenset({"stablehlo.async_start", "mhlo.async_start"})
 _COPIES = frozenset({"mhlo.copy", "stablehlo.copy", "mhlo.bitcast"})
+_ASYNC_DONES = frozenset({"stablehlo.async_done", "mhlo.async_done"})
+# XLA's memory spaces (xla/layout.h): 0 is device main memory, 5 host memory; any other is an on-chip memory of
+# the back end (XLA:TPU: 1 VMEM, and small scalar memories for flags and loop counters)
+HOST_MEMORY_SPACE = 5
+_LEAF_SHAPE = re.compile(r"[a-z][a-z0-9]*\[[0-9,]*\](\{[^{}]*\})?")
+_SPACE = re.compile(r"S\((\d+)\)")
 
 
 class _Groups:
@@ -109,7 +119,8 @@ class Fuse:
     # -- entry point --------------------------------------------------------------
     def run(self, program, plan: Plan, target) -> Plan:
         if self.strategy == "compiled":
-            return plan.with_(kernels=compiled_kernels(program, plan))
+            placement = {**compiled_placement(program, target), **(plan.placement or {})}
+            return plan.with_(kernels=compiled_kernels(program, plan), placement=placement or plan.placement)
         extra: tuple[ExtraKernel, ...] = ()
         if self.strategy in ("xla", "aggressive"):
             d = self._decision(program, target)
@@ -503,6 +514,45 @@ def compiled_kernels(program, plan: Plan) -> tuple[Kernel, ...]:
                           kind=kind, overlappable=True)
         kernels.append(kern)
     return tuple(kernels)
+
+
+def memory_spaces(graph) -> dict[int, int]:
+    """value id -> the memory space the compiler assigned it, where not main memory (0): read from the
+    ``xla_shape`` attribute the HLO -> MLIR converter writes on every op with a non-default layout, one leaf
+    shape per result (a fusion's or async done's results are the values its ``returns`` attribute names)."""
+    out: dict[int, int] = {}
+    for op in graph.ops:
+        shape = op.attrs.get("xla_shape")
+        if not isinstance(shape, str) or "S(" not in shape:
+            continue
+        spaces = [int(m.group(1)) if (m := _SPACE.search(leaf.group(1) or "")) else 0
+                  for leaf in _LEAF_SHAPE.finditer(shape)]
+        values = tuple(op.attrs.get("returns", ())) if op.name in GROUPING_OPS or op.name in _ASYNC_DONES \
+            else op.results
+        if len(values) == len(spaces) + 1:
+            values = values[:-1]           # a tuple result: its leaves, then the value standing for the tuple
+        if len(values) != len(spaces):
+            continue                       # an async start's bundle (operand, result, context): its done says
+        out.update((v, s) for v, s in zip(values, spaces) if s != 0)
+    return out
+
+
+def compiled_placement(program, target) -> dict[int, str]:
+    """The memory level of ``target`` each value of a compiled module lives in, where the compiler put it
+    outside main memory: host memory space in the target's host level, any other in its on-chip level."""
+    if target is None:
+        return {}
+    spaces = program.__dict__.get("_memory_spaces")
+    if spaces is None:
+        spaces = program.__dict__["_memory_spaces"] = memory_spaces(program.graph)
+    on_chip = target.on_chip.name if target.on_chip is not None else None
+    host = target.host_memory.name if target.host_memory is not None else None
+    out: dict[int, str] = {}
+    for v, space in spaces.items():
+        level = host if space == HOST_MEMORY_SPACE else on_chip
+        if level is not None:
+            out[v] = level
+    return out
 
 
 def _layout_copy_kernels(program, plan: Plan, copies: list[tuple[int, int]]) -> tuple[ExtraKernel, ...]:

@@ -49,6 +49,11 @@ SPLIT_K_OUTPUT_PER_K = 1024
 # what a GEMM fusion's operand loads cannot do on XLA:GPU (they stay loop kernels of their own)
 NO_GEMM_PROLOGUE = frozenset({"stablehlo.concatenate", "stablehlo.pad", "stablehlo.gather", "stablehlo.reverse",
                               "stablehlo.dynamic_slice"})
+# what XLA:TPU's convolution fusion does not take as an operand's prologue (measured: patterns ``pro_reverse``,
+# ``pro_gather``); the producers of a concatenate's or pad's operands never fuse into it (``concat_loop``,
+# ``pad_loop``, ``prologue_concat``): it reads them from memory
+NO_TPU_PROLOGUE = frozenset({"stablehlo.reverse", "stablehlo.gather"})
+TPU_OPERAND_BARRIERS = frozenset({"stablehlo.concatenate", "stablehlo.pad"})
 GPU_CHEAP_IN_F32 = frozenset({"stablehlo.divide", "stablehlo.sqrt", "stablehlo.rsqrt", "stablehlo.exponential"})
 # XLA:GPU does not fuse a reduction with another unless one of them is small (its elemental emitter handles those)
 SIGNIFICANT_REDUCTION = 16
@@ -170,12 +175,16 @@ def _splits_k(target) -> bool:
         return True
 
 
-def _gemm_epilogues(program, st: "_State", forbid: set[Edge], made: set[Edge], split_k: bool) -> None:
+def _gemm_epilogues(program, st: "_State", forbid: set[Edge], made: set[Edge], split_k: bool,
+                    flavour: str = "gpu") -> None:
     """XLA:GPU's GEMM fusions take the cheap elementwise ops after a matmul (scale, bias, residual add, ReLU, an
     output convert) for as long as each is the only reader of the value before it and keeps its shape; an op
     with a transcendental (GELU's tanh), a reduction or a second reader ends the chain. A GEMM XLA splits along
     K (``split_k``: an output of fewer than ``SPLIT_K_OUTPUT_PER_K`` x K elements per batch) writes partial sums that
-    a reduction kernel adds up, and that kernel takes the epilogue instead."""
+    a reduction kernel adds up, and that kernel takes the epilogue instead. XLA:TPU's output fusion takes any
+    elementwise op on the same terms, transcendentals included (``flavour="tpu"``: a bias add and GELU), before
+    its loop fusion can duplicate them into the readers of the result (pattern ``dot_bias_ln``: the bias add
+    stays with the matmul while the f32 convert after it is recomputed by every reader)."""
     graph, cls = program.graph, st.cls
     for m in sorted(o for o in st.parent if cls[o] == "matmul"):
         if st.members[st.find(m)] != [m]:
@@ -195,10 +204,12 @@ def _gemm_epilogues(program, st: "_State", forbid: set[Edge], made: set[Edge], s
                 break
             if len(op.results) != 1 or graph.values[op.results[0]].elements != elements:
                 break
-            # an output layout the GEMM can write: batch dimensions stay in front
+            # an output layout the GEMM can write: batch dimensions stay in front (XLA:TPU's layout assignment
+            # writes a matmul's result in any order: the attention's head transpose after the P.V matmul)
             absorbed_transpose = (op.name == "stablehlo.transpose"
-                                  and tuple(op.attrs.get("permutation", ()))[:batch] == tuple(range(batch)))
-            cheap = (cls[u] == "elementwise" and not _expensive(program, u, "gpu")
+                                  and (flavour == "tpu"
+                                       or tuple(op.attrs.get("permutation", ()))[:batch] == tuple(range(batch))))
+            cheap = (cls[u] == "elementwise" and (flavour == "tpu" or not _expensive(program, u, "gpu"))
                      and graph.values[op.results[0]].nbytes <= graph.values[graph.ops[last].results[0]].nbytes)
             if not (cheap or absorbed_transpose):
                 break
@@ -278,6 +289,8 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
     made: set[Edge] = set()
     space = {o: space_of(program, o) for o in kernel_ops}
 
+    tpu = flavour == "tpu" and not aggressive
+
     def group_space(root: int) -> int:
         return max(space[o] for o in st.members[root])
 
@@ -292,12 +305,15 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
             return False
         if "opaque" in kinds:
             return False
+        if tpu and any(graph.ops[u].name in TPU_OPERAND_BARRIERS for u in reader_ops):
+            return False
         if cp == "matmul":
             # an epilogue, into one elementwise consumer: XLA:TPU's output fusion (and a kernel library's); XLA:GPU's
             # GEMM fusions take cheap epilogues only (scale, bias, ReLU, a convert; an activation with a
             # transcendental, such as GELU, stays a kernel of its own)
-            # (on a GPU the epilogue is decided before everything else: step 0)
-            if not (matmul_epilogue and k == 1) or kinds & {"matmul", "reduce", "root"}:
+            # (on a GPU the epilogue is decided before everything else: step 0); XLA:TPU's output fusion also
+            # takes a reduction of the result (patterns ``dot_widen_reduce``, ``dot_sum0``, ``dot_max1``)
+            if not (matmul_epilogue and k == 1) or kinds & {"matmul", "root"} or ("reduce" in kinds and not tpu):
                 return False
             return flavour == "tpu" or aggressive
         if cp == "reduce":
@@ -309,8 +325,14 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
             return group_space(root) == out
         if "matmul" in kinds:
             # a prologue is re-read per tile of the matmul: only when it does not make the operand bigger to read
-            # (and on a GPU, only what a GEMM fusion's operand loads can do: no concatenate, pad, gather, reverse)
-            if "reduce" in kinds or _input_bytes(program, p, free) > _output_bytes(program, p):
+            # (and on a GPU, only what a GEMM fusion's operand loads can do: no concatenate, pad, gather, reverse);
+            # XLA:TPU's convolution fusion takes any elementwise prologue, whatever it reads (several inputs, an f32
+            # weight's convert: patterns ``prologue_add_two_inputs``, ``pro_weight_convert``), but no reverse or
+            # gather
+            if tpu:
+                if graph.ops[p].name in NO_TPU_PROLOGUE:
+                    return False
+            elif "reduce" in kinds or _input_bytes(program, p, free) > _output_bytes(program, p):
                 return False
             if flavour == "gpu" and not aggressive and graph.ops[p].name in NO_GEMM_PROLOGUE:
                 return False
@@ -325,16 +347,28 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
     def duplicable(p: int, k: int) -> bool:
         if cls[p] not in ("elementwise", "movement", "generator"):
             return False
-        if _expensive(program, p, flavour):
-            return False
+        if _expensive(program, p, flavour) and not tpu:
+            return False                   # XLA:TPU recomputes transcendentals too (exp, tanh: GELU, softmax)
         read, written = _input_bytes(program, p, free), _output_bytes(program, p)
         # recomputed in k consumers (each reads p's inputs) against p's own kernel (reads them once, writes its
-        # result) and k reads of that result
+        # result) and k reads of that result; XLA:TPU recomputes only when that moves fewer bytes (the softmax
+        # gradient, read by the two matmuls of dQ and dK, is written once: GPT-2's attention backward)
+        if tpu:
+            return k * read < read + written + k * written
         return k * read <= read + written + k * written
 
-    # 0. (GPU) a matmul's epilogue: the chain of cheap elementwise ops that alone read its result
+    def broadcast_read(p: int) -> bool:
+        """XLA:TPU fuses no producer that reads memory into a consumer that reads it through a broadcast (a
+        small vector scaled, a layer norm's statistics: patterns ``small_chain_bcast``, ``red_scale_bcast``)."""
+        if all(r in free for r in graph.ops[p].results):
+            return False
+        return any(_widening_broadcast_reader(program, st, r) for r in graph.ops[p].results)
+
+    # 0. a matmul's epilogue: the chain of (on a GPU cheap) elementwise ops that alone read its result
     if flavour == "gpu" and matmul_epilogue and not aggressive:
         _gemm_epilogues(program, st, forbid, made, split_k=_splits_k(target))
+    elif tpu and matmul_epilogue:
+        _gemm_epilogues(program, st, forbid, made, split_k=False, flavour="tpu")
 
     # 1. producer fusion into all consumers, from the end of the program to its start
     for p in sorted(kernel_ops, reverse=True):
@@ -361,6 +395,8 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
                 by_root.setdefault(r, set()).add(u)
         if not all(can_fuse(p, r, by_root.get(r, set()), k) for r in found):
             continue
+        if tpu and broadcast_read(p):
+            continue
         if k == 1:
             (root,) = found
             st.union(p, root)
@@ -380,9 +416,11 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
         _row_softmax(program, st, order, space, made, forbid)
     if aggressive and target is not None:
         _flash_chains(program, st, order, made, forbid, target)
+    if tpu and matmul_epilogue:
+        _matmul_outputs(program, st, order, space, made, forbid)
     if multi_output:
         _producer_consumer(program, st, order, space, made, forbid)
-        _siblings(program, st, order, space, made)
+        _siblings(program, st, order, space, made, flavour="tpu" if tpu else "gpu")
     roots = sorted(st.members, key=lambda r: min(st.members[r]))
     relayout = _layout_copies(program, st) if flavour == "gpu" and not aggressive else []
     return Fusion(groups=[sorted(st.members[r]) for r in roots], copies=[frozenset(st.copies[r]) for r in roots],
@@ -706,6 +744,69 @@ def _producer_consumer(program, st: _State, order: _Order, space, made: set[Edge
                 current = merged
 
 
+def _root_dtype(graph, st: _State, root: int) -> str:
+    """The element type a group's kernel writes: its last op's (the fusion's root)."""
+    last = graph.ops[max(st.members[root])]
+    return graph.values[last.results[0]].dtype if last.results else ""
+
+
+def _widening_broadcast_reader(program, st: _State, vid: int) -> bool:
+    """Whether some kernel reads ``vid`` through a broadcast to more elements (looking through views)."""
+    graph = program.graph
+    stack, seen = [vid], set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        for u in st.users.get(v, ()):
+            op = graph.ops[u]
+            c = st.cls.get(u)
+            if c == "generator":
+                if op.results and graph.values[op.results[0]].elements > graph.values[v].elements:
+                    return True
+                stack.extend(op.results)
+            elif c == "view":
+                stack.extend(op.results)
+    return False
+
+
+def _matmul_outputs(program, st: _State, order: _Order, space, made: set[Edge], forbid: set[Edge]) -> None:
+    """XLA:TPU's multi-output output fusion: a matmul's kernel takes the kernels that read its result and loop over
+    its shape (elementwise consumers, reductions of the result), one after the other in program order, and its
+    result is written only when something else still reads it (patterns ``dot_two_readers``, ``dot_three_readers``,
+    ``siblings_of_dot_reductions``; a layer norm's two sums in the matmul before it). The readers it takes write one
+    element type: a bf16 loop and an f32 sum of the result do not both join (``dot_mul_and_sum``: the first one in
+    program order does); never another matmul, never a cycle."""
+    graph = program.graph
+    matmul_roots = sorted({st.find(o) for o in st.parent if st.cls[o] == "matmul"}, key=lambda r: min(st.members[r]))
+    for root in matmul_roots:
+        if root not in st.members:
+            continue
+        m = min(o for o in st.members[root] if st.cls[o] == "matmul")
+        frames = graph.ops[m].frames
+        loop = max((space[o] for o in st.members[root] if st.cls[o] != "reduce"), default=space[m])
+        current, written = root, None
+        readers = {g for g in order.succ(root) if g >= 0}
+        for c in sorted(readers, key=lambda r: min(st.members[r])):
+            c, current = st.find(c), st.find(current)
+            if c == current or st.kinds[c] & {"matmul", "opaque", "root"}:
+                continue
+            if graph.ops[st.members[c][0]].frames != frames or _hero_space(program, st, space, c) != loop:
+                continue
+            inside = set(st.members[c]) | st.copies[c]
+            mine = set(st.members[current])
+            if any((o, u) in forbid for o in mine for u in inside):
+                continue
+            dtype = _root_dtype(graph, st, c)
+            if written is not None and dtype != written:
+                continue
+            merged = order.merge(current, c, direct_edge_ok=True)
+            if merged is not None:
+                made.add((m, min(inside)))
+                current, written = merged, dtype
+
+
 def _is_fusion(graph, st: _State, root: int) -> bool:
     """More than one op: several members, recomputed producers, or a broadcast / iota / constant read inside."""
     if len(st.members[root]) > 1 or st.copies[root]:
@@ -752,11 +853,13 @@ def _group_readers(program, st: _State, node: int) -> set[int]:
     return out
 
 
-def _siblings(program, st: _State, order: _Order, space, made: set[Edge]) -> None:
+def _siblings(program, st: _State, order: _Order, space, made: set[Edge], flavour: str = "gpu") -> None:
     """Groups that read the same value (not a scalar) and do not depend on each other merge when their loops have
     the same shape (XLA's sibling multi-output fusion); not matmul groups, not readers of a matmul's result (XLA:GPU
-    leaves those apart), and only when one of the two already is a fusion (XLA merges siblings into a fusion, never
-    two lone ops)."""
+    leaves those apart), and on a GPU only when one of the two already is a fusion (XLA:GPU merges siblings into a
+    fusion, never two lone ops). XLA:TPU merges lone ops too (patterns ``siblings_lone_ops``, ``sib_three_lone``),
+    but only groups whose results have one element type (``mixed_loop_and_reduction``: a bf16 loop and an f32
+    sum stay apart; ``sib_loop_and_max_bf16``, ``sib_loop_and_reduce_f32`` merge)."""
     graph = program.graph
     for v in sorted(st.users):
         readers = st.users[v]
@@ -778,7 +881,10 @@ def _siblings(program, st: _State, order: _Order, space, made: set[Edge]) -> Non
                 continue
             if _hero_space(program, st, space, a) != _hero_space(program, st, space, b):
                 continue
-            if not (_is_fusion(graph, st, a) or _is_fusion(graph, st, b)):
+            if flavour == "tpu":
+                if _root_dtype(graph, st, a) != _root_dtype(graph, st, b):
+                    continue
+            elif not (_is_fusion(graph, st, a) or _is_fusion(graph, st, b)):
                 continue
             if order.merge(a, b, direct_edge_ok=False) is not None:
                 made.add((min(st.members[st.find(a)]), -v - 1))

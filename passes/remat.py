@@ -48,7 +48,7 @@ import numpy as np
 from explorer.costs import Work
 from explorer.graph import names
 from explorer.model import liveness, timing
-from explorer.model.memory import main_memory_liveness
+from explorer.model.memory import main_memory_liveness, recompute_reads
 from explorer.model.traffic import link_copy_time, traffic_by_level, transient_values
 from explorer.report.units import fmt_bytes, fmt_seconds
 
@@ -398,6 +398,15 @@ class Remat:
         return [Remat(policy=p, budget_bytes=self.budget_bytes, layers=self.layers, allow_offload=self.allow_offload)
                 for p in POLICIES]
 
+    def reads_knobs(self) -> frozenset[str]:
+        """The target knobs the decisions read (see ``explorer.sweep``): what ``none`` / ``selective`` / ``full``
+        recompute is the program's structure alone; ``offload`` times its copies against the compute they hide
+        behind and ``auto`` fits a memory budget at the least added time, so both read every knob that sets a
+        kernel's time or a level's capacity."""
+        if self.policy in ("none", "selective", "full"):
+            return frozenset()
+        return frozenset({"memory.", "efficiency.", "compute.", "scale_up.", "scale_out."})
+
     def run(self, program, plan: Plan, target) -> Plan:
         if any(k.phase in ("recompute", "offload") for k in plan.extra_kernels):
             raise ValueError("remat already ran in this pipeline: its choices would be applied twice")
@@ -528,7 +537,13 @@ class _Curves:
         fused = transient_values(program, kernels) - frozenset(ranged)
         self._old = lambda r: 0.0 if (r in fused or r in elsewhere) else float(plan.nbytes(program, r))  # noqa: E731
         self._new = lambda r: 0.0 if r in elsewhere else float(plan.nbytes(program, r))  # noqa: E731
-        self._span = lambda r: ranged.get(r) or ((an.def_op[r], an.last_read(r)),)  # noqa: E731
+        # a value a later kernel recomputes a producer from stays until that kernel runs (as the liveness says)
+        roots = liveness.alias_roots(program.graph)
+        held: dict[int, int] = {}
+        for v, at in recompute_reads(program, kernels).items():
+            r = roots.get(v, v)
+            held[r] = max(held.get(r, at), at)
+        self._span = lambda r: ranged.get(r) or ((an.def_op[r], max(an.last_read(r), held.get(r, -1))),)  # noqa: E731
         users: dict[int, set[str]] = {}
         for u, opts in options.items():
             for c in opts.values():

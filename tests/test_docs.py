@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -33,3 +35,58 @@ def test_no_placeholder_is_left_in_the_docs():
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         text = path.read_text()
         assert not re.search(r"\b(TODO|FIXME|XXX|FIDELITY_SUMMARY)\b", text), path
+
+
+# -- every Python snippet of the README and the docs runs as written --------------------------------------
+DOCS = ["README.md", "docs/remat.md", "docs/sharding.md", "docs/workflows.md"]
+
+
+def _snippets(path: Path) -> list[tuple[int, str]]:
+    """(line, code) of each ```python block."""
+    text = path.read_text()
+    out = []
+    for m in re.finditer(r"```python\n(.*?)\n```", text, flags=re.S):
+        out.append((text[:m.start()].count("\n") + 2, m.group(1)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_step():
+    """The names the snippets take as given (a user's own train step): GPT-2 at its small test size."""
+    from explorer.frontend.model_files import load_module, program_fn
+    spec = str(ROOT / "examples" / "gpt2_train.py")
+    train_step, args = program_fn(spec)(**dict(load_module(spec).SMALL_CONFIG))
+    return train_step, args
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_python_snippet_runs_as_written(doc, small_step, tmp_path, monkeypatch):
+    import jax
+
+    import explorer
+    import hw_targets
+
+    train_step, args = small_step
+    (tmp_path / "examples").symlink_to(ROOT / "examples")         # relative paths in the snippets resolve
+    (tmp_path / "module.mlir").write_text(jax.jit(train_step).lower(*args).as_text())
+    monkeypatch.chdir(tmp_path)
+    params, opt_state, batch = args
+    prog = explorer.lower(train_step, *args)
+    namespace = {"__name__": "__main__", "explorer": explorer, "hw_targets": hw_targets, "train_step": train_step,
+                 "args": args, "params": params, "opt_state": opt_state, "batch": batch, "prog": prog,
+                 "micro_prog": prog}
+    snippets = _snippets(ROOT / doc)
+    assert snippets, doc
+    for line, code in snippets:
+        if "compiler=\"xla\"" in code and not _has_gpu_plugin():
+            continue   # needs the xla-gpu extra (CI installs it)
+        try:
+            exec(compile(code, f"{doc}:{line}", "exec"), namespace)
+        except Exception as exc:
+            raise AssertionError(f"{doc}, the snippet at line {line} fails: {type(exc).__name__}: {exc}") from exc
+
+
+def _has_gpu_plugin() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("jax_plugins") is not None and \
+        importlib.util.find_spec("jax_plugins.xla_cuda12") is not None

@@ -406,3 +406,17 @@ def test_search_with_devices_tries_sharding_when_the_shard_pass_exists(gpt2_pair
         shard = f"shard{{mesh=data=4,{kind}=data}}"
         tried = [a for a in res.alternatives if a.pipeline.startswith(shard)]
         assert len(tried) == 2 or any(shard in n for n in res.notes)
+
+
+def test_what_remat_reads_decides_how_a_sweep_runs(plain, h100):
+    # selective / full recompute is decided by the program's structure: a hardware sweep stays vectorised and
+    # equals one estimate per variant; auto fits a memory budget, so it re-runs per variant
+    grid = {"memory.hbm.bandwidth_bytes_per_s": [2e12, 4e12], "compute.matrix_flops_per_s.bf16": [5e14, 1e15]}
+    res = explorer.sweep(plain, h100, grid, pipeline="fuse{strategy=xla},remat{policy=selective}")
+    assert res.method == "vectorised"
+    for row in res.rows():
+        variant = h100.replace(**{k: row[k] for k in grid})
+        one = explorer.estimate(plain, variant, pipeline="fuse{strategy=xla},remat{policy=selective}")
+        assert row["seconds"] == one.seconds
+    assert remat.Remat(policy="auto").reads_knobs() >= {"memory.", "compute."}
+    assert remat.Remat(policy="full").reads_knobs() == frozenset()

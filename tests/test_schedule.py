@@ -213,8 +213,9 @@ def test_loop_runs_are_issued_one_launch_each(h100):
 # -- overlap of collectives -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dp_step():
-    """A GPT-style train step with data parallelism over 8 devices: one gradient all-reduce per parameter."""
-    return _example("scaling_what_if.py", d_model=256, d_ff=1024, n_layers=4, seq=512, batch=1024)
+    """A GPT-style train step with data parallelism over 8 devices: its gradients (~200 MB) are all-reduced in
+    buckets as the backward produces them."""
+    return _example("scaling_what_if.py", d_model=1024, d_ff=4096, n_layers=4, seq=512, batch=64)
 
 
 DP = "shard{mesh=data=8,dp=data},fuse{strategy=xla}"
@@ -224,8 +225,9 @@ def test_gradient_all_reduces_hide_behind_the_backward_of_earlier_layers(dp_step
     est = explorer.estimate(dp_step, h100, pipeline=DP)
     assert assert_causal(est) > 0
     tl = est.timeline
-    grads = [i for i, k in enumerate(est.kernels) if k.name.startswith("all_reduce") and k.phase == "backward"]
-    assert len(grads) > 10
+    grads = [i for i, k in enumerate(est.kernels) if k.name.startswith("all_reduce") and k.phase == "backward"
+             and k.overlappable]
+    assert len(grads) >= 4
     on_path = set(tl.critical_path)
     # the gradients of the last layers are reduced while the backward of the first layers still runs: those
     # all-reduces run beside compute (off the critical path), their time hidden

@@ -93,11 +93,17 @@ def test_per_device_flops_of_a_sharded_matmul(mlp):
 def test_the_pass_puts_per_device_work_and_collectives_in_the_estimate(mlp):
     import hw_targets
 
-    est = explorer.estimate(mlp, hw_targets.load("h100_sxm"), "shard{mesh=data=4,dp=data},fuse{strategy=xla}")
+    est = explorer.estimate(mlp, hw_targets.load("h100_sxm"),
+                            "shard{mesh=data=4,dp=data,bucket_bytes=0},fuse{strategy=xla}")
     assert est.flops == pytest.approx(mlp.flops / 4, rel=0.05)     # elementwise on replicated weights stays whole
     rows = [k for k in est.kernels if k.name.startswith("all_reduce")]
     assert sorted(k.collective_bytes for k in rows) == [4.0, H * C * F32, D * H * F32]
     assert all(k.comm_s > 0 for k in rows)
+    # by default the two gradient reductions (independent, read by the update only) are one, as XLA combines them;
+    # the loss's all-reduce, read in the forward pass, is not
+    est = explorer.estimate(mlp, hw_targets.load("h100_sxm"), "shard{mesh=data=4,dp=data},fuse{strategy=xla}")
+    rows = [k for k in est.kernels if k.name.startswith("all_reduce")]
+    assert sorted(k.collective_bytes for k in rows) == [4.0, (H * C + D * H) * F32]
 
 
 # -- reading what JAX wrote ----------------------------------------------------------------------

@@ -95,7 +95,9 @@ def test_collectives_switch_network_with_domain_size(allreduce, h100):
     grid = {"scale_up.domain_size": [4, 8], "scale_up.chip_bandwidth_bytes_per_s": [2e11, 4.5e11],
             "scale_out.latency_s": [5e-6, 2e-5], "efficiency.memory": [0.7, 0.9], "compute.matrix_tile.k": [32, 64]}
     res = explorer.sweep(allreduce, h100, grid)
-    assert res.method == "vectorised"
+    # the program's own shardings are read by the sharding pass, whose layout ranking reads the networks: it
+    # runs once per distinct network, memory and compute figure (all 32 here), and every run makes the same plan
+    assert res.method == "vectorised by decision (32 pass runs, 1 distinct plans)", res.method
     check_against_estimates(res, allreduce, h100, "default")
     comm = {(r["scale_up.domain_size"], r["scale_out.latency_s"]): r["comm_seconds"] for r in res.rows()}
     assert comm[(4, 2e-5)] > comm[(4, 5e-6)]          # over scale-out: its latency counts
@@ -107,7 +109,7 @@ def test_resized_torus_matches(allreduce):
     tpu = hw_targets.load("tpu_v5p")
     grid = {"scale_up.domain_size": [8, tpu.scale_up.domain_size], "scale_up.latency_s": [1e-6, 4e-6]}
     res = explorer.sweep(allreduce, tpu, grid)
-    assert res.method == "vectorised"
+    assert res.method == "vectorised by decision (4 pass runs, 1 distinct plans)", res.method
     check_against_estimates(res, allreduce, tpu, "default")
 
 
@@ -192,7 +194,9 @@ def test_schedule_with_overlap_and_launches_vectorised(h100, launch_mode):
     from explorer.model_files import load_module, load_program
 
     path = Path(__file__).resolve().parent.parent / "examples" / "scaling_what_if.py"
-    prog = load_program(str(path), {**load_module(path).SMALL_CONFIG, "batch": 512})
+    # gradients of ~50 MB: all-reduced in two buckets, the first beside the backward of the first layers
+    prog = load_program(str(path), {**load_module(path).SMALL_CONFIG, "d_model": 512, "d_ff": 2048, "n_layers": 4,
+                                    "batch": 64})
     base = dataclasses.replace(h100, launch_mode=launch_mode)
     grid = {"scale_up.chip_bandwidth_bytes_per_s": [2e10, 4.5e11], "compute.matrix_flops_per_s.bf16": [1e12, 9.894e14],
             "launch_overhead_s": [1e-6, 2e-5], "kernel_gap_s": [0.0, 4e-6]}
@@ -229,10 +233,15 @@ def test_array_view_of_the_variants(h100):
 def test_placement_under_sram_capacity_runs_per_variant_and_agrees(mlp, h100):
     grid = {"memory.smem.capacity_bytes": [1e5, 1e6, 3e7], "memory.hbm.bandwidth_bytes_per_s": [1e12, 3.35e12]}
     pipeline = "fuse{strategy=xla},place{policy=greedy}"
-    res = explorer.sweep(mlp, h100, grid, pipeline=pipeline, workers=1)
-    assert res.method == "per-variant (serial)"
+    res = explorer.sweep(mlp, h100, grid, pipeline=pipeline)
+    # the pass runs once per distinct (capacity, bandwidth); variants whose plans agree are priced together
+    assert res.method.startswith("vectorised by decision (6 pass runs, ")
     assert "place{policy=greedy} reads memory.smem.capacity_bytes, memory.hbm.bandwidth_bytes_per_s" in res.reason
     check_against_estimates(res, mlp, h100, pipeline)
+    serial = explorer.sweep(mlp, h100, grid, pipeline=pipeline, backend="process", workers=1)
+    assert serial.method == "per-variant (serial)"
+    for a, b in zip(res.rows(), serial.rows()):
+        assert_same(a, b, "grouped vs per variant")
     by_cap = {r["memory.smem.capacity_bytes"]: r["seconds"] for r in res.rows() if r["memory.hbm.bandwidth_bytes_per_s"] == 1e12}
     assert by_cap[3e7] < by_cap[1e5]       # more SRAM: more tensors placed on chip, faster
     with pytest.raises(sw.SweepError, match="backend 'vector' needs pass decisions independent"):
@@ -272,8 +281,9 @@ class Opaque:
 
 
 def test_undeclared_pass_is_assumed_to_depend(mlp, h100):
-    res = explorer.sweep(mlp, h100, {"efficiency.matrix": [0.5, 0.6]}, pipeline=[Fuse(), Opaque()], workers=1)
-    assert res.method == "per-variant (serial)" and "test_opaque reads efficiency.matrix" in res.reason
+    res = explorer.sweep(mlp, h100, {"efficiency.matrix": [0.5, 0.6]}, pipeline=[Fuse(), Opaque()])
+    assert res.method == "vectorised by decision (2 pass runs, 1 distinct plans)"
+    assert "test_opaque reads efficiency.matrix" in res.reason
     check_against_estimates(res, mlp, h100, [Fuse(), Opaque()])
 
 
@@ -439,7 +449,7 @@ def test_ray_backend_equals_the_local_per_variant_path(mlp, h100, ray_cluster):
     bit, rows in variant order."""
     grid = {"memory.smem.capacity_bytes": [1e5, 1e6, 3e7], "memory.hbm.bandwidth_bytes_per_s": [1e12, 3.35e12]}
     pipeline = "fuse{strategy=xla},place{policy=greedy}"
-    local = explorer.sweep(mlp, h100, grid, pipeline=pipeline, workers=1)
+    local = explorer.sweep(mlp, h100, grid, pipeline=pipeline, backend="process", workers=1)
     res = explorer.sweep(mlp, h100, grid, pipeline=pipeline, backend="ray")
     assert local.method == "per-variant (serial)" and res.method == "per-variant (ray)"
     assert [tuple(r[k] for k in grid) for r in res.rows()] == list(itertools.product(*grid.values()))

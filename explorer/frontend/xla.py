@@ -20,6 +20,7 @@ import dataclasses
 import importlib.metadata
 import math
 import os
+import re
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -318,24 +319,73 @@ def _cost_analysis(compiled: Any) -> dict[str, float]:
 def optimized_module(compiled: Any) -> bytes:
     """The compiled (optimized, scheduled) HLO module as MLIR bytecode: fusions as ``mhlo.fusion`` ops.
 
-    The HLO -> MLIR converter does not take TPU tiled layouts ("Tiled layout is not supported yet"); such a
-    module is printed by XLA without layouts and parsed back by XLA's own HLO parser first (layouts only
-    order bytes in memory: shapes, fusions and the schedule are unchanged)."""
+    A module the HLO -> MLIR converter takes as it is (XLA:GPU's) is converted directly. XLA:TPU's is not: its
+    tiled layouts are refused ("Tiled layout is not supported yet"), and its fusions broadcast with a change of
+    element type (``f32[..] broadcast(bf16[..])``: the convert is folded into the load), which StableHLO's
+    verifier rejects. Such a module is printed, rewritten into the portable subset (``portable_hlo_text``: tiles
+    dropped, memory spaces kept, the convert made explicit) and parsed back by XLA's own HLO parser first.
+    Shapes, fusions, the schedule and memory spaces (``xla_shape`` attributes) are unchanged."""
     from jax._src.lib import _jax, xla_client
 
     module = compiled.runtime_executable().hlo_modules()[0]
-    try:
-        return bytes(_jax.mlir.hlo_to_stablehlo(module.as_serialized_hlo_module_proto()))
-    except Exception as exc:
-        if "Tiled layout" not in str(exc):
-            raise CompilerError(f"the optimized module could not be converted to MLIR: {exc}") from exc
     hlo = xla_client.hlo
     options = hlo.HloPrintOptions()
-    options.include_layout_in_shapes = False
     options.print_large_constants = True
-    text = _without_entry_layout(module.to_string(options))
-    relaid = hlo.hlo_module_from_text(text)
-    return bytes(_jax.mlir.hlo_to_stablehlo(relaid.as_serialized_hlo_module_proto()))
+    text = module.to_string(options)
+    portable = portable_hlo_text(text)
+    if portable == text:
+        try:
+            return bytes(_jax.mlir.hlo_to_stablehlo(module.as_serialized_hlo_module_proto()))
+        except Exception as exc:
+            raise CompilerError(f"the optimized module could not be converted to MLIR: {exc}") from exc
+    try:
+        relaid = hlo.hlo_module_from_text(_without_entry_layout(portable))
+        return bytes(_jax.mlir.hlo_to_stablehlo(relaid.as_serialized_hlo_module_proto()))
+    except Exception as exc:
+        raise CompilerError(f"the optimized module could not be converted to MLIR: {exc}") from exc
+
+
+# one instruction of HLO text: ``[ROOT ]%name = shape opcode(operands)...``
+_INSTRUCTION = re.compile(r"^(\s*)(ROOT )?%([\w.\-]+) = ([a-z0-9]+)(\[[0-9,]*\])(\{[^}]*\})? ([\w\-]+)\(%([\w.\-]+)\)(.*)$")
+_SHAPE = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ([a-z0-9]+)(\[[0-9,]*\])(\{[^}]*\})? ")
+# a layout with anything after its minor-to-major dimensions: ``{1,0:T(8,128)(2,1)S(1)}``
+_LAYOUT = re.compile(r"\{([0-9,]*):([^{}]*)\}")
+_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
+# ops that move data and, in HLO's semantics, keep the element type (XLA:TPU folds a convert into some of them)
+_SAME_TYPE_MOVES = frozenset({"broadcast", "reshape", "transpose", "copy", "slice", "reverse"})
+
+
+def portable_hlo_text(text: str) -> str:
+    """HLO text that the HLO -> MLIR converter and StableHLO's verifier take: each layout keeps its dimension
+    order and memory space (``S(1)``: XLA:TPU's VMEM) but not its tiling or element packing, and a data movement
+    op that changes the element type (XLA:TPU's ``f32 broadcast(bf16)``) becomes a convert of its operand
+    followed by the op. Text that needs neither is returned unchanged."""
+    def layout(m: re.Match) -> str:
+        space = _MEMORY_SPACE.search(m.group(2))
+        if not m.group(1) and not space:
+            return ""                      # a scalar's default layout is written as none (``f32[]``)
+        return "{" + m.group(1) + (":" + space.group(0) if space else "") + "}"
+
+    lines = text.splitlines()
+    dtypes: dict[str, tuple[str, str, str]] = {}
+    for line in lines:
+        m = _SHAPE.match(line)
+        if m:
+            dtypes[m.group(1)] = (m.group(2), m.group(3), m.group(4) or "")
+    out: list[str] = []
+    changed = False
+    for line in lines:
+        m = _INSTRUCTION.match(line)
+        if m and m.group(7) in _SAME_TYPE_MOVES and m.group(8) in dtypes and dtypes[m.group(8)][0] != m.group(4):
+            indent, root, name, dtype, dims, lay, opcode, operand, rest = m.groups()
+            _, operand_dims, operand_layout = dtypes[operand]
+            converted = f"{operand}.{name}.as_{dtype}"
+            out.append(f"{indent}%{converted} = {dtype}{operand_dims}{operand_layout} convert(%{operand})")
+            line = f"{indent}{root or ''}%{name} = {dtype}{dims}{lay or ''} {opcode}(%{converted}){rest}"
+            changed = True
+        out.append(line)
+    portable = _LAYOUT.sub(layout, "\n".join(out) + ("\n" if text.endswith("\n") else ""))
+    return portable if changed or portable != text else text
 
 
 def _without_entry_layout(text: str) -> str:

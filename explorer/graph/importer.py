@@ -540,6 +540,8 @@ class _Importer:
                                f"{len(op.results)} results")
         for res, vid in zip(op.results, returned):
             env[res] = vid
+        # the values its results stand for, in order (what the compiler's ``xla_shape`` of the op describes)
+        attrs["returns"] = tuple(returned)
         self.ops[oid] = Op(id=oid, name=name, operands=operands, results=(), attrs=freeze(attrs), name_stack=stack,
                            frames=frames, regions=tuple(regions))
         return oid

@@ -83,6 +83,12 @@ class GemmFit:
     tile: tuple[int, int, int]
     flops_per_s: float           # the matrix rate at full utilisation (all units busy, no padding)
     rms_log_error: float         # root-mean-square of ln(predicted / measured) over the samples
+    fixed_s: float = 0.0         # fixed seconds per GEMM call (thread-pool fork / join, operand packing)
+
+
+# Fixed costs per library GEMM call searched by ``fit_measurements`` (0: none): XLA:CPU's Eigen contractions
+# fork and join its thread pool and pack their operands on every call.
+GEMM_FIXED_CANDIDATES = (0.0, 2.5e-6, 5e-6, 1e-5, 2e-5, 3e-5, 4e-5, 6e-5)
 
 
 # Register-block to cache-block sizes a CPU GEMM library may work in (m x n x k). Small first, so
@@ -93,28 +99,31 @@ CPU_TILE_CANDIDATES: tuple[tuple[int, int, int], ...] = tuple(
 
 def gemm_seconds(g: Gemm, flops_per_s: float, tile: tuple[int, int, int], units: int,
                  nbytes: float = 0.0, bytes_per_s: float = math.inf, overhead_s: float = 0.0,
-                 flops: float | None = None, split_k: bool = False) -> float:
-    """The cost model's time for one GEMM kernel (``explorer.timing``: max(compute, memory) + overhead).
+                 flops: float | None = None, split_k: bool = False, fixed_s: float = 0.0) -> float:
+    """The cost model's time for one GEMM kernel (``explorer.timing``: max(compute, memory) + overhead, the
+    compute side with the call's fixed cost ``fixed_s``, as ``compute.gemm_overhead_s``).
     ``split_k``: whether the library splits K when tiles are few (a CPU's Eigen does not: the default here)."""
-    compute = (g.flops if flops is None else flops) / (flops_per_s * matrix_utilisation(g, tile, units, split_k))
+    compute = fixed_s + (g.flops if flops is None else flops) / (flops_per_s * matrix_utilisation(g, tile, units, split_k))
     return max(compute, nbytes / bytes_per_s) + overhead_s
 
 
 def fit_gemm(samples: Sequence[GemmSample], units: int,
              tiles: Iterable[tuple[int, int, int]] = CPU_TILE_CANDIDATES,
-             bytes_per_s: float = math.inf, overhead_s: float = 0.0) -> GemmFit:
-    """The tile and rate with which the cost model best reproduces measured GEMM times.
+             bytes_per_s: float = math.inf, overhead_s: float = 0.0,
+             fixed: Iterable[float] = (0.0,)) -> GemmFit:
+    """The tile, rate and fixed cost per call with which the cost model best reproduces measured GEMM times.
 
     Minimises the squared log error (a 2x miss on a small GEMM counts as much as on a big one).
-    Ties go to the first candidate, so the result is deterministic."""
+    Ties go to the first candidate (the smaller fixed cost, the earlier tile), so the result is deterministic."""
     if not samples:
         raise ValueError("no GEMM samples")
     best: GemmFit | None = None
-    for tile in tiles:
-        rate, err = _best_rate(samples, lambda s, r: gemm_seconds(s.gemm, r, tile, units, s.nbytes, bytes_per_s,
-                                                                  overhead_s, s.work_flops))
-        if best is None or err < best.rms_log_error - 1e-12:
-            best = GemmFit(tile=tuple(tile), flops_per_s=rate, rms_log_error=err)
+    for f in fixed:
+        for tile in tiles:
+            rate, err = _best_rate(samples, lambda s, r: gemm_seconds(s.gemm, r, tile, units, s.nbytes, bytes_per_s,
+                                                                      overhead_s, s.work_flops, fixed_s=f))
+            if best is None or err < best.rms_log_error - 1e-12:
+                best = GemmFit(tile=tuple(tile), flops_per_s=rate, rms_log_error=err, fixed_s=f)
     assert best is not None
     return best
 
@@ -174,14 +183,15 @@ def fit_measurements(raw: Mapping[str, Any]) -> HostFit:
     # the call's fixed cost (dispatch, one tiny kernel) is measured apart: each sample keeps the matrix op's own time
     gemm = raw["gemm"]
     convs = [conv_sample(row, call_s) for row in raw.get("conv", [])]
-    base = fit_gemm(gemm_samples(gemm["fp32"], call_s, 4, 4) + convs, units=cores, bytes_per_s=stream_bw)
+    base = fit_gemm(gemm_samples(gemm["fp32"], call_s, 4, 4) + convs, units=cores, bytes_per_s=stream_bw,
+                    fixed=GEMM_FIXED_CANDIDATES)
     rates, errors = {"fp32": base.flops_per_s}, {"fp32": base.rms_log_error}
     item_bytes = {"bf16": (2, 2), "fp16": (2, 2), "int8": (1, 4), "fp8": (1, 4)}   # (operands, result)
     for d, rows in gemm.items():
         if d == "fp32" or not rows:
             continue
         fit = fit_gemm(gemm_samples(rows, call_s, *item_bytes[d]), units=cores, tiles=[base.tile],
-                       bytes_per_s=stream_bw)
+                       bytes_per_s=stream_bw, fixed=[base.fixed_s])
         rates[d], errors[d] = fit.flops_per_s, fit.rms_log_error
     rates["tf32"] = rates["fp32"]   # a CPU has no TF32 units: f32 at default precision runs as f32
     return HostFit(
@@ -189,7 +199,7 @@ def fit_measurements(raw: Mapping[str, Any]) -> HostFit:
         launch_overhead_s=per_kernel, tiny_kernel_overhead_s=tiny_kernel, stream_bytes_per_s=stream_bw, level_bytes_per_s=levels,
         vector_flops_per_s=vector, transcendental_per_s=trans, matrix_flops_per_s=rates, matrix_tile=base.tile,
         gemm_rms_log_error=errors, cores=cores, caches=tuple(raw["caches"]), memory_bytes=float(raw["memory_bytes"]),
-        clock_hz=float(raw.get("clock_hz") or 0.0))
+        clock_hz=float(raw.get("clock_hz") or 0.0), gemm_overhead_s=base.fixed_s)
 
 
 def conv_sample(row, call_s: float):

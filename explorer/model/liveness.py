@@ -60,11 +60,14 @@ def alias_roots(graph: Graph, order: list[int] | None = None) -> dict[int, int]:
 
 
 def live_spans(graph: Graph, order: list[int] | None = None,
-               ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None) -> dict[int, tuple[tuple[int, int], ...]]:
+               ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None,
+               extend: Mapping[int, int] | None = None) -> dict[int, tuple[tuple[int, int], ...]]:
     """Root value id -> the (first, last) schedule positions, inclusive, over which it occupies memory: its def-use
     range, or the ``ranges`` a pass gave it (see ``analyse``). Positions index ``order``; ``len(order)`` is the end
-    of the program (inputs and outputs live throughout). What ``analyse`` sums, for callers that classify values
-    (the training-memory breakdown of ``explorer.model.memory``)."""
+    of the program (inputs and outputs live throughout). ``extend``: value id -> an op id that reads it beyond the
+    graph's readers (a kernel that recomputes a cheap producer from it: the value stays until that kernel runs).
+    What ``analyse`` sums, for callers that classify values (the training-memory breakdown of
+    ``explorer.model.memory``)."""
     order = list(range(len(graph.ops))) if order is None else order
     pos = {oid: i for i, oid in enumerate(order)}
     root = alias_roots(graph, order)
@@ -93,6 +96,10 @@ def live_spans(graph: Graph, order: list[int] | None = None,
             start.setdefault(rv, 0)
     for v in graph.outputs:
         last[find(v)] = end
+    for v, oid in (extend or {}).items():
+        rv = find(v)
+        if rv in start and oid in pos:
+            last[rv] = max(last[rv], pos[oid])
     spans: dict[int, tuple[tuple[int, int], ...]] = {v: ((s, last[v]),) for v, s in start.items()}
     for v, given in (ranges or {}).items():
         spans[v] = tuple((pos.get(a, end) if a < len(graph.ops) else end,
@@ -103,18 +110,18 @@ def live_spans(graph: Graph, order: list[int] | None = None,
 def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
             transient: frozenset[int] = frozenset(),
             ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None,
-            sizes: Mapping[int, float] | None = None) -> Liveness:
+            sizes: Mapping[int, float] | None = None, extend: Mapping[int, int] | None = None) -> Liveness:
     """``transient``: values that never reach memory (they stay inside a fused kernel).
 
     ``ranges``: root value id -> the (first op id, last op id) intervals, inclusive, in which it occupies
     memory, replacing its def-use range (set by rematerialisation / activation offload: a value dies after
     its last forward use and is re-created before its first backward use). ``len(graph.ops)`` as a last
     op id means "until the end of the program". ``sizes``: value id -> bytes, replacing the graph's
-    (per-device sizes once sharded).
+    (per-device sizes once sharded). ``extend``: see ``live_spans``.
     """
     order = list(range(len(graph.ops))) if order is None else order
     end = len(order)
-    spans = live_spans(graph, order, ranges)
+    spans = live_spans(graph, order, ranges, extend)
 
     def nbytes(v: int) -> int:
         if v in transient:

@@ -21,7 +21,31 @@ def main_memory_liveness(program: Any, plan: Any, kernels: Sequence[Any]) -> liv
     elsewhere = frozenset((plan.placement or {}).keys())
     ranged = frozenset(plan.live_ranges or ())   # a value given a live range is materialised over it
     return liveness.analyse(program.graph, transient=(transient_values(program, kernels) - ranged) | elsewhere,
-                            ranges=plan.live_ranges, sizes=plan.value_bytes)
+                            ranges=plan.live_ranges, sizes=plan.value_bytes, extend=recompute_reads(program, kernels))
+
+
+def recompute_reads(program: Any, kernels: Sequence[Any]) -> dict[int, int]:
+    """value id -> the last op of a kernel that recomputes a producer from it (``Kernel.recomputed``: fusion duplicates
+    a cheap op, a mask's compare or a transpose, into a later kernel, often a backward one). The value must stay in
+    memory until that kernel runs, although the graph's last reader of it came much earlier."""
+    return {v: max(at) for v, at in _recomputing_kernels(program, kernels).items()}
+
+
+def _recomputing_kernels(program: Any, kernels: Sequence[Any]) -> dict[int, list[int]]:
+    """value id -> where each kernel that recomputes a producer from it runs (the kernel's last op)."""
+    graph = program.graph
+    out: dict[int, list[int]] = {}
+    for k in kernels:
+        rec = getattr(k, "recomputed", ())
+        if not rec or not k.ops:
+            continue
+        inside = {r for o in (*k.ops, *rec) for r in graph.ops[o].results}
+        at = max(k.ops)
+        for o in rec:
+            for v in graph.ops[o].operands:
+                if v not in inside:
+                    out.setdefault(v, []).append(at)
+    return out
 
 
 def level_peaks(program: Any, plan: Any, kernels: Sequence[Any]) -> dict[str, int]:
@@ -135,16 +159,18 @@ class TrainingMemory:
     optimizer_working: float
     data: float
     program_peak_bytes: float           # the program's own liveness peak (one microbatch, no in-place update)
+    saved: tuple[tuple[int, float, str, str], ...] = ()   # (value id, bytes, kind, block) of every saved value
 
     def stage(self, blocks: float, first: bool = True, last: bool = True, in_flight: float = 1.0,
-              in_flight_blocks: float | None = None) -> StageMemory:
+              activation_scale: float = 1.0) -> StageMemory:
         """Memory of a stage holding ``blocks`` blocks; ``in_flight``: microbatches whose activations it holds at its
-        peak (``in_flight_blocks``: block-microbatches, when the stage's chunks hold different counts: interleaved)."""
-        units = blocks * in_flight if in_flight_blocks is None else in_flight_blocks
-        act = self.activations.per_block * units + in_flight * ((self.activations.first if first else 0.0)
-                                                               + (self.activations.last if last else 0.0))
-        work = max(self.working.per_block if blocks else 0.0, self.working.first if first else 0.0,
-                   self.working.last if last else 0.0, self.optimizer_working)
+        peak, in units of its whole share of blocks (see ``in_flight``); ``activation_scale``: the microbatch's
+        size over the program's batch (activations and the working set scale with it, the state does not)."""
+        a = activation_scale
+        act = a * in_flight * (self.activations.per_block * blocks + (self.activations.first if first else 0.0)
+                               + (self.activations.last if last else 0.0))
+        work = max(a * self.working.per_block if blocks else 0.0, a * self.working.first if first else 0.0,
+                   a * self.working.last if last else 0.0, self.optimizer_working)
         gathered = max(self.gathered.per_block if blocks else 0.0, self.gathered.first if first else 0.0,
                        self.gathered.last if last else 0.0)
         return StageMemory(parameters=self.parameters.on_stage(blocks, first, last),
@@ -197,7 +223,8 @@ def _training_memory(program: Any, plan: Any, kernels: Sequence[Any]) -> Trainin
     block = [block_index(layer) for _, layer, _ in parsed]
     roots = liveness.alias_roots(graph)
     root = lambda v: roots.get(v, v)  # noqa: E731
-    spans = liveness.live_spans(graph, None, plan.live_ranges)
+    recomputing = _recomputing_kernels(program, kernels)
+    spans = liveness.live_spans(graph, None, plan.live_ranges, {v: max(at) for v, at in recomputing.items()})
     ranged = frozenset(plan.live_ranges or ())
     dropped = (transient_values(program, kernels) - ranged) | frozenset((plan.placement or {}).keys())
 
@@ -229,6 +256,8 @@ def _training_memory(program: Any, plan: Any, kernels: Sequence[Any]) -> Trainin
     for op in graph.ops:
         for v in op.operands:
             readers.setdefault(root(v), []).append(op.id)
+    for v, at in sorted(recomputing.items()):      # a kernel recomputing a producer from v reads v where it runs
+        readers.setdefault(root(v), []).extend(at)
     params = {v for v in state if any(phase[o] == "forward" for o in readers.get(v, ()))}
     data_inputs = inputs - state
 
@@ -279,6 +308,7 @@ def _training_memory(program: Any, plan: Any, kernels: Sequence[Any]) -> Trainin
     # saved values: made before the backward pass starts and in memory when it does
     saved: set[int] = set()
     grads: set[int] = set()
+    listed: list[tuple[int, float, str, str]] = []
     if training:
         start, end = bwd[0], bwd[-1]
         tainted = set(data_inputs)
@@ -294,11 +324,18 @@ def _training_memory(program: Any, plan: Any, kernels: Sequence[Any]) -> Trainin
                     continue
                 if any(s < start <= e for s, e in spans.get(r, ())):
                     saved.add(r)
-                    # a saved value belongs to the block whose backward pass reads it (a block's input is made by the
-                    # block before it, or the embedding, and held for this one), else to the side that made it
-                    late = [o for o in readers.get(r, ()) if o >= start and block[o] is not None]
-                    side = "block" if late else side_of_op(op.id)
-                    sums["acts" if r in tainted else "copies"][side] += size(r)
+                    # a saved value belongs to where the backward pass first reads it (a block's input, made by the
+                    # block before it or by the embedding, is held for this block; the last block's output for the
+                    # head), else (never read again: an output) to the side that made it
+                    readers_late = sorted(o for o in readers.get(r, ()) if o >= start)
+                    side = side_of_op(readers_late[0]) if readers_late else side_of_op(op.id)
+                    late = readers_late[:1] if side == "block" else []
+                    kind = "acts" if r in tainted else "copies"
+                    sums[kind][side] += size(r)
+                    if size(r):
+                        listed.append((r, size(r), "activation" if kind == "acts" else "weight copy",
+                                       f"{'h' if side != 'block' else ''}{side if side != 'block' else ''}"
+                                       f"{block[late[0]] if late else ''}"))
         for i in range(start, end + 1):
             for r in graph.ops[i].results:
                 if root(r) == r and r not in aliased and any(e > end for _, e in spans.get(r, ())):
@@ -353,4 +390,5 @@ def _training_memory(program: Any, plan: Any, kernels: Sequence[Any]) -> Trainin
         gradients=param if training else Split(), optimizer=split("opt"), weight_copies=split("copies"),
         activations=split("acts"), working=Split(work["block"], work["first"], work["last"]),
         gathered=Split(*(max(gathered[s].values(), default=0.0) for s in ("block", "first", "last"))),
-        optimizer_working=work["opt"], data=data, program_peak_bytes=peak)
+        optimizer_working=work["opt"], data=data, program_peak_bytes=peak,
+        saved=tuple(sorted(listed, key=lambda x: (-x[1], x[0]))))

@@ -47,7 +47,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -392,6 +392,7 @@ def run(g: StepGraph, body: Sequence[Any], gap: Sequence[Any], bucket: Sequence[
     start: dict[int, Any] = {}
     end: dict[int, Any] = {}
     attr: dict[int, tuple[Any, Any, Any]] = {}    # per row: (compute, memory, comm) on the critical path to its start
+    attr_end: dict[int, tuple[Any, Any, Any]] = {}  # ... and to its end
     pred: dict[int, int] = {}                     # per row (floats): the row that set its start (-1: the host)
     busy = [zero, zero, zero]
     best_end, best_attr, best_row = zero, (zero, zero, zero), -1
@@ -402,7 +403,9 @@ def run(g: StepGraph, body: Sequence[Any], gap: Sequence[Any], bucket: Sequence[
         """The attribution of ``k`` runs of row ``r``'s body."""
         b = body[r] * k
         c = bucket[r]
-        return (_where(c == 0, b, zero), _where(c == 1, b, zero), _where(c == 2, b, zero))
+        if not _is_array(c):
+            return (b if c == 0 else zero, b if c == 1 else zero, b if c == 2 else zero)
+        return (np.where(c == 0, b, zero), np.where(c == 1, b, zero), np.where(c == 2, b, zero))
 
     for pos, r in enumerate(g.order):
         runs = runs_of[r]
@@ -425,11 +428,11 @@ def run(g: StepGraph, body: Sequence[Any], gap: Sequence[Any], bucket: Sequence[
             waits.append(compute_last)
         waits.extend(j for j in g.deps[r] if j not in waits)
         for j in waits:
-            cands.append((end[j], _add(attr[j], own(j, runs_of[j])), j))
+            cands.append((end[j], attr_end[j], j))
         for j in g.loop_deps[r]:
             dj = body[j] + gap[j]
             cands.append((start[j] + dj, _add(attr[j], own(j, 1.0)), j))
-            cands.append((end[j] - (runs - 1) * d, _sub(_add(attr[j], own(j, runs_of[j])), own(r, runs - 1)), j))
+            cands.append((end[j] - (runs - 1) * d, _sub(attr_end[j], own(r, runs - 1)), j))
         s, a, src = cands[0][0], cands[0][1], -1
         for value, at, j in cands[1:]:
             take = _gt(value, s)
@@ -438,7 +441,8 @@ def run(g: StepGraph, body: Sequence[Any], gap: Sequence[Any], bucket: Sequence[
             if detail and not _is_array(take) and take:
                 src = j
         e = s + dur
-        start[r], end[r], attr[r] = s, e, a
+        a_end = _add(a, own(r, runs))
+        start[r], end[r], attr[r], attr_end[r] = s, e, a, a_end
         if detail:
             pred[r] = src
         busy[eng] = busy[eng] + dur
@@ -447,7 +451,7 @@ def run(g: StepGraph, body: Sequence[Any], gap: Sequence[Any], bucket: Sequence[
             compute_last = r
         take = _gt(e, best_end)
         best_end = _where(take, e, best_end)
-        best_attr = tuple(_where(take, x, y) for x, y in zip(_add(a, own(r, runs)), best_attr))
+        best_attr = tuple(_where(take, x, y) for x, y in zip(a_end, best_attr))
         if not _is_array(take) and take:
             best_row = r
         if not detail:
@@ -455,6 +459,7 @@ def run(g: StepGraph, body: Sequence[Any], gap: Sequence[Any], bucket: Sequence[
                 start.pop(j, None)
                 end.pop(j, None)
                 attr.pop(j, None)
+                attr_end.pop(j, None)
     compute, memory, comm = best_attr
     overhead = _max(best_end - compute - memory - comm, zero)
     total_comm = zero
@@ -519,6 +524,3 @@ def engine_of(collective: bool, copy: bool) -> int:
     """The engine a row runs on: the copy engine for copies, the collective stream for collectives, else compute."""
     return COPIES if copy else (COLLECTIVES if collective else COMPUTE)
 
-
-def critical_rows(t: Timeline) -> Iterable[int]:
-    return iter(t.critical_path)

@@ -244,6 +244,9 @@ def matrix_time(target, w: Work) -> tuple[float, str]:
             algo = ""
         elif use:
             algo = "gemv"
+    fixed = getattr(target.compute, "gemm_overhead_s", 0.0)
+    if _is_array(fixed) or fixed:
+        t = t + fixed            # a library call's fixed cost (``compute.gemm_overhead_s``: a CPU's thread pool)
     return t, ", ".join(x for x in (algo, how) if x)
 
 

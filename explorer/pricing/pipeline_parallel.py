@@ -29,14 +29,14 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
-from passes.sharding.strategies import path_of
+from passes.fusion import kernels_of
 
 from ..graph import names
 from ..model.collectives import collective_time
+from ..model.memory import StageMemory, block_index, in_flight, training_memory
 from ..report.units import fmt_bytes, fmt_seconds
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
-_BLOCK = re.compile(r"^(?:.*_)?(\d+)$")
 
 
 def bubble_fraction(stages: int, microbatches: int, virtual: int = 1) -> float:
@@ -116,6 +116,7 @@ class PipelineEstimate:
     schedule_time: ScheduleTime
     memory_per_device_bytes: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    memory: StageMemory | None = None       # the fullest stage's memory by what holds it (training steps)
 
     @property
     def seconds(self) -> float:
@@ -144,11 +145,7 @@ class PipelineEstimate:
 
 def block_of(layer: str) -> int | None:
     """Index of the repeated block a layer path belongs to (``GPT2/h_3/mlp`` -> 3), or None."""
-    for part in layer.split("/"):
-        m = _BLOCK.match(part)
-        if m and part not in ("(top)",) and not part.isdigit():
-            return int(m.group(1))
-    return None
+    return block_index(layer)
 
 
 def price_pipeline(estimate, target: Any, stages: int, microbatches: int, schedule: str = "1f1b",
@@ -165,13 +162,21 @@ def price_pipeline(estimate, target: Any, stages: int, microbatches: int, schedu
     - ``microbatch_scale``: factor on forward/backward times (``1/m`` when the program holds the whole batch
       rather than one microbatch: linear scaling, small-batch efficiency losses ignored).
     - ``step_axes``: data-parallel mesh axes. Inserted reductions over them (gradient all-reduce /
-      reduce-scatter) run once per step, after the flush; gathers over them (FSDP weights) run once per
-      microbatch at full size (``microbatch_scale`` does not shrink a weight).
+      reduce-scatter) run once per step, after the flush, unless the parameters are sharded over them (FSDP /
+      ZeRO-3: a gradient is reduce-scattered in every microbatch, at full size); gathers over them (FSDP weights)
+      run once per microbatch at full size (``microbatch_scale`` does not shrink a weight).
+
+    Recomputation (``remat``'s ``recompute`` kernels) runs in every microbatch's backward pass. Once-per-step work
+    (optimizer, gradient reductions) is split by the block it belongs to (its layer, or the parameters it
+    updates), so a stage pays for its own blocks: the program's per-block share times the stage's blocks.
+    Memory per device: ``explorer.model.memory.training_memory`` per stage (state as sharded, activations of the
+    microbatches in flight under the schedule), the fullest stage reported.
     """
     _check(stages, microbatches, virtual)
     v = virtual if schedule == "interleaved" else 1
     notes: list[str] = []
     rows = estimate.kernels
+    program, plan = estimate._program, estimate._plan
     present = sorted({b for b in (block_of(k.layer) for k in rows) if b is not None})
     n_prog = len(present)
     n_real = blocks or n_prog
@@ -180,64 +185,135 @@ def price_pipeline(estimate, target: Any, stages: int, microbatches: int, schedu
     chunks = stages * v
     if n_real % chunks:
         notes.append(f"{n_real} blocks over {chunks} chunks: stages are uneven")
+    axes = tuple(step_axes)
+    fsdp = any(_collective(k)[0] == "all_gather" and set(_collective(k)[1]) <= set(axes) and _collective(k)[1]
+               and k.phase in ("forward", "backward") for k in rows)
+    owner = _update_owner(program) if program is not None else {}
     per_block = {"forward": 0.0, "backward": 0.0}
     first = {"forward": 0.0, "backward": 0.0}
     last = {"forward": 0.0, "backward": 0.0}
-    once = 0.0
-    first_block = present[0] if present else 0
+    once = {"block": 0.0, "first": 0.0, "last": 0.0, "rest": 0.0}
+    recompute = 0.0
     for k in rows:
         t = k.seconds
-        kind = _row_kind(k, tuple(step_axes))
-        if kind == "step" or k.phase not in ("forward", "backward"):
-            once += t
+        kind = _row_kind(k, axes, fsdp)
+        phase = "backward" if k.phase == "recompute" else k.phase
+        if k.phase == "recompute":
+            recompute += t
+        if kind == "step" or phase not in ("forward", "backward"):
+            once[_once_side(k, owner)] += t
             continue
         t = t if kind == "weights" else t * microbatch_scale
         b = block_of(k.layer)
         if b is not None and n_prog:
-            per_block[k.phase] += t / n_prog
-        elif _before_blocks(k, first_block):
-            first[k.phase] += t
+            per_block[phase] += t / n_prog
+        elif _before_blocks(k):
+            first[phase] += t
         else:
-            last[k.phase] += t
-    once -= estimate.hidden_comm_seconds
-    # the rest of the schedule (launch waits, idle engines, overlap beyond hidden communication), once per step
-    once += estimate.seconds - (sum(k.seconds for k in rows) - estimate.hidden_comm_seconds)
+            last[phase] += t
+    # the microbatch program's schedule hides some communication behind compute (``hidden_comm_seconds``: its
+    # gradient reductions, overlapped with the backward pass) and overlaps or waits between other rows. What it
+    # hides, and any further overlap, comes off the once-per-step work (the reductions overlap the last
+    # microbatch's backward pass); what it waits (launches, idle engines) is spread over every part
+    total_once = sum(once.values())
+    exposed = sum(k.seconds for k in rows) - estimate.hidden_comm_seconds
+    rest = estimate.seconds - exposed
+    ratio, kept = 1.0, total_once - estimate.hidden_comm_seconds
+    if rest >= 0 and exposed > 0:
+        ratio = estimate.seconds / exposed
+    else:
+        kept += rest
+    hidden_share = max(0.0, kept) / total_once if total_once > 0 else 1.0
     if n_real != n_prog and n_prog:
         notes.append(f"per-block time measured on {n_prog} blocks, scaled to {n_real}")
+    if recompute:
+        notes.append(f"recomputation {fmt_seconds(recompute * microbatch_scale)} per microbatch, in each backward pass")
     per_stage_blocks = [len(_blocks_of_stage(s, stages, v, n_real)) for s in range(stages)]
-    fwd, bwd = [], []
+    fwd, bwd, extra = [], [], []
+    attributed = once["block"] * (n_real / n_prog if n_prog else 1.0) + once["first"] + once["last"]
     for s in range(stages):
         f = per_block["forward"] * per_stage_blocks[s]
         b = per_block["backward"] * per_stage_blocks[s]
+        e = once["block"] / n_prog * per_stage_blocks[s] if n_prog else (once["block"] if s == 0 else 0.0)
         if s == 0:
-            f, b = f + first["forward"], b + first["backward"]
+            f, b, e = f + first["forward"], b + first["backward"], e + once["first"]
         if s == stages - 1:
-            f, b = f + last["forward"], b + last["backward"]
-        fwd.append(f)
-        bwd.append(b)
-    # the optimizer and gradient sync of the blocks scale with the blocks a stage holds
-    step_extra = once * (max(per_stage_blocks) / n_real if n_real else 1.0)
+            f, b, e = f + last["forward"], b + last["backward"], e + once["last"]
+        # unattributed once-per-step work (a loss all-reduce, step counters) in proportion to the rest
+        e += once["rest"] * (e / attributed if attributed > 0 else 1.0 / stages)
+        fwd.append(f * ratio)
+        bwd.append(b * ratio)
+        extra.append(e * hidden_share * ratio)
+    # each stage updates its own blocks and reduces their gradients after the flush; the slowest one ends the step
+    step_extra = max(extra)
     p2p_bytes = _boundary_bytes(estimate) * microbatch_scale
     p2p_s = collective_time(target, "collective_permute", p2p_bytes, 2, max(1, stage_stride),
                             job_devices or stage_stride * stages).seconds if stages > 1 and p2p_bytes else 0.0
     st = schedule_seconds(fwd, bwd, microbatches, schedule, v, p2p_s)
-    memory = _stage_memory(estimate, stages, microbatches, schedule, v, n_prog, n_real, max(per_stage_blocks))
+    memory, stage_mem, mem_notes = _memory(estimate, stages, microbatches, schedule, v, n_prog, n_real,
+                                           per_stage_blocks, microbatch_scale)
+    notes.extend(mem_notes)
     return PipelineEstimate(stages=stages, microbatches=microbatches, schedule=schedule, virtual=v,
                             stage_forward_s=tuple(fwd), stage_backward_s=tuple(bwd), step_extra_s=step_extra,
                             p2p_s=p2p_s, p2p_bytes=p2p_bytes, schedule_time=st, memory_per_device_bytes=memory,
-                            notes=tuple(notes))
+                            notes=tuple(notes), memory=stage_mem)
 
 
-def _row_kind(k, step_axes: tuple[str, ...]) -> str:
-    """"step": a gradient reduction over data-parallel axes (once per step); "weights": a gather of weights over
-    them (once per microbatch, full size); "scaled": everything else (per microbatch, sized by it)."""
+def _collective(k) -> tuple[str, tuple[str, ...]]:
+    """(kind, axes) of an inserted collective row (``all_reduce{data,seq}``), or ("", ())."""
     if k.ops or "{" not in k.name or not k.name.endswith("}"):
-        return "scaled"
+        return "", ()
     kind, axes = k.name[:-1].split("{", 1)
-    if not axes or not set(axes.split(",")) <= set(step_axes):
+    return kind, tuple(a for a in axes.split(",") if a)
+
+
+def _update_owner(program) -> dict[int, str]:
+    """op id -> "block", "first" or "last" for the ops that read a parameter or optimizer-state argument: the side
+    of the model whose state they update (by the argument's name: a block's, else the embedding (first stage) or
+    the head (last stage) side). Lets the optimizer's once-per-step work follow the blocks of each stage."""
+    cached = program.__dict__.get("_update_owner")
+    if cached is not None:
+        return cached
+    graph = program.graph
+    side_of_input: dict[int, str] = {}
+    for v, name in zip(graph.inputs, graph.input_names):
+        keys = [k for k in re.findall(r"\['([^']*)'\]", name)]
+        if any(block_of(k) is not None for k in keys):
+            side_of_input[v] = "block"
+        elif keys:
+            low = "/".join(keys).lower()
+            side_of_input[v] = "first" if any(s in low for s in _EMBED) else "last"
+    out: dict[int, str] = {}
+    for op in graph.ops:
+        for v in op.operands:
+            side = side_of_input.get(v)
+            if side is not None:
+                out.setdefault(op.id, side)
+    program.__dict__["_update_owner"] = out
+    return out
+
+
+def _once_side(k, owner: dict[int, str]) -> str:
+    """Which stage pays for a once-per-step row: "block" (each stage for its blocks), "first", "last" or "rest"."""
+    if block_of(k.layer) is not None:
+        return "block"
+    sides = {owner[o] for o in k.ops if o in owner}
+    if len(sides) == 1:
+        return sides.pop()
+    if "block" in sides:
+        return "block"
+    return "rest"
+
+
+def _row_kind(k, step_axes: tuple[str, ...], fsdp: bool = False) -> str:
+    """"step": a gradient reduction over data-parallel axes (once per step); "weights": a gather of weights over
+    them, or under FSDP the reduce-scatter of a gradient (once per microbatch, full size); "scaled": everything
+    else (per microbatch, sized by it)."""
+    kind, axes = _collective(k)
+    if not kind or not axes or not set(axes) <= set(step_axes):
         return "scaled"
     if kind in ("all_reduce", "reduce_scatter") and k.phase in ("backward", "optimizer", "other"):
-        return "step"
+        return "weights" if fsdp and kind == "reduce_scatter" and k.phase == "backward" else "step"
     if kind == "all_gather":
         return "weights"
     return "scaled"
@@ -253,11 +329,13 @@ def _blocks_of_stage(stage: int, stages: int, v: int, blocks: int) -> list[int]:
     return out
 
 
-def _before_blocks(k, first_block: int) -> bool:
-    """Embedding-side work: a forward kernel whose layer is not a block and comes before the blocks in name
-    order is impossible to tell from the row alone; the embedding layers are recognised by name."""
+_EMBED = ("embed", "wte", "wpe", "tok", "pos")
+
+
+def _before_blocks(k) -> bool:
+    """Embedding-side work (the first stage's), recognised by its layer's name."""
     name = k.layer.lower()
-    return any(s in name for s in ("embed", "wte", "wpe", "tok", "pos"))
+    return any(s in name for s in _EMBED)
 
 
 def _boundary_bytes(estimate) -> float:
@@ -283,28 +361,26 @@ def _boundary_bytes(estimate) -> float:
     return max(crossing.values(), default=0.0)
 
 
-def _stage_memory(estimate, stages: int, m: int, schedule: str, v: int, n_prog: int, n_real: int,
-                  stage_blocks: int) -> float:
-    """Per-device memory of the fullest stage: its share of the blocks' state (parameters, optimizer state, by
-    input name) plus the embedding / head state, plus in-flight microbatches' activations (GPipe holds all m,
-    1F1B at most p on the first stage)."""
+def _memory(estimate, stages: int, m: int, schedule: str, v: int, n_prog: int, n_real: int,
+            stage_blocks: Sequence[int], microbatch_scale: float):
+    """(bytes of the fullest stage, its ``StageMemory`` or None, notes). A training step: per stage, its blocks'
+    state and weight copies, the activations of the microbatches in flight (``in_flight``), the working set, from
+    ``training_memory``. Anything else (no backward pass): the program's peak, its block share scaled."""
     program, plan = estimate._program, estimate._plan
-    peak = float(estimate.peak_memory_bytes)
-    if program is None:
-        return peak
-    graph = program.graph
-    block_state = other_state = 0.0
-    for v_, name in zip(graph.inputs, graph.input_names):
-        b = (plan.nbytes(program, v_) if plan is not None else graph.values[v_].nbytes)
-        path = path_of(name)
-        if path and block_of(path[0]) is not None:
-            block_state += b
-        else:
-            other_state += b
-    acts = max(0.0, peak - block_state - other_state)
-    scale = n_real / n_prog if n_prog else 1.0
-    share = stage_blocks / n_real if n_real else 1.0 / stages
-    in_flight = m if schedule == "gpipe" else min(m, stages)
-    # the blocks' state and activations scale with the blocks a stage holds; embedding / head state sits on
-    # one stage (the first or last) whole
-    return block_state * scale * share + other_state + acts * scale * share * in_flight
+    if program is None or plan is None:
+        return float(estimate.peak_memory_bytes), None, ()
+    tm = training_memory(program, plan, kernels_of(program, plan))
+    if not tm.training:
+        share = max(stage_blocks) / n_real if n_real else 1.0 / stages
+        return float(estimate.peak_memory_bytes) * (share * n_real / n_prog if n_prog else 1.0), None, ()
+    best: StageMemory | None = None
+    for s in range(stages):
+        mb = in_flight(schedule, stages, s, m, v)
+        sm = tm.stage(stage_blocks[s], first=s == 0, last=s == stages - 1, in_flight=mb,
+                      activation_scale=microbatch_scale)
+        if best is None or sm.total > best.total:
+            best = sm
+    assert best is not None
+    notes = (f"memory per device {fmt_bytes(best.total)}: "
+             + ", ".join(f"{k} {fmt_bytes(x)}" for k, x in best.rows() if x) + " (fullest stage)",)
+    return best.total, best, notes

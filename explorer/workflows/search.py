@@ -61,7 +61,7 @@ class PlanRow:
     @property
     def label(self) -> str:
         pp = f" pp={self.pp} m={self.microbatches} {self.schedule}" + (f" v={self.virtual}" if self.virtual > 1 else "") \
-            if self.pp > 1 else ""
+            if self.pp > 1 else (f" m={self.microbatches}" if self.microbatches > 1 else "")
         return f"{self.mesh} {self.strategy}{pp}"
 
 
@@ -133,8 +133,9 @@ def search_sharding(program, target: Any, chips: int, *, stages: Sequence[int] =
     capacity = target.main_memory.capacity_bytes
     rows: list[PlanRow] = []
     fuse_passes = pl.parse(fuse) if fuse else []
+    real_blocks = blocks or n_blocks
     for pp in sorted(set(stages)):
-        if chips % pp or (pp > 1 and pp > max(n_blocks, 1)):
+        if chips % pp or (pp > 1 and pp > max(real_blocks, 1)):
             continue
         per_stage = chips // pp
         for dp, tp in candidate_meshes(per_stage, target, max_tp):
@@ -165,18 +166,20 @@ def search_sharding(program, target: Any, chips: int, *, stages: Sequence[int] =
                     notes.append(f"{mesh} {_describe(shard)}: {exc}")
                     continue
                 est = price(program, target, plan, pipeline_text=pl.to_text(passes))
-                if pp == 1 and (not blocks or blocks == n_blocks):
-                    rows.append(_row(mesh, shard, 1, 1, "none", 1, est, capacity, pl.to_text(passes)))
-                    continue
-                if pp == 1:     # the program holds fewer identical blocks than the model: scale them
-                    pe = price_pipeline(est, target, 1, 1, blocks=blocks, job_devices=chips)
-                    rows.append(_pipeline_row(mesh, shard, pe, est, capacity, pl.to_text(passes)))
+                if pp == 1:
+                    # no pipeline: the whole step, or gradient accumulation over m microbatches (each one's
+                    # activations only, the gradient reduction and the optimizer once); memory per device from the
+                    # training-memory model (state updated in place), blocks scaled to the real count
+                    for m in sorted(set(microbatches)):
+                        pe = price_pipeline(est, target, 1, m, blocks=blocks, job_devices=chips,
+                                            microbatch_scale=1.0 / m)
+                        rows.append(_pipeline_row(mesh, shard, pe, est, capacity, pl.to_text(passes)))
                     continue
                 for mult in sorted(set(microbatches)):
                     m = pp * mult
                     for sched in schedules:
                         v = 2 if sched == "interleaved" else 1
-                        if sched == "interleaved" and (m % pp or (blocks or n_blocks) % (pp * v)):
+                        if sched == "interleaved" and (m % pp or real_blocks % (pp * v)):
                             continue
                         pe = price_pipeline(est, target, pp, m, sched, v, blocks=blocks, stage_stride=per_stage,
                                             job_devices=chips, microbatch_scale=1.0 / m)

@@ -6,9 +6,12 @@ Two ways to price the variants, chosen honestly:
   passes run once, each distinct kernel's work is priced once with the target's figures as numpy
   arrays (one entry per variant), and the totals are summed in the estimate's own order, so every
   row equals ``explorer.estimate`` on that variant bit for bit;
-- **per variant** otherwise: the passes run again on each variant (their decisions depend on the
-  knobs), in worker processes (``backend="process"``) or on a Ray cluster (``backend="ray"``),
-  results in variant order whatever the order they finish in.
+- **vectorised by decision** when passes read swept knobs (the default then): the passes run once
+  per distinct value of the knobs they read, variants whose runs made the same plan (the same
+  decisions) are priced together as arrays; rows still equal ``explorer.estimate`` bit for bit;
+- **per variant** on request: the passes and the estimate run again on each variant, in worker
+  processes (``backend="process"``) or on a Ray cluster (``backend="ray"``), results in variant
+  order whatever the order they finish in.
 
     res = explorer.sweep(prog, hw_targets.load("h100_sxm"),
                          {"memory.hbm.bandwidth_bytes_per_s": [2e12, 3.35e12, 5e12],
@@ -49,7 +52,7 @@ from ..report.units import fmt_seconds
 FIGURES = ("seconds", "compute_seconds", "memory_seconds", "comm_seconds", "overhead_seconds")
 # knob-independent figures, the same in every row of a vectorised sweep
 PROGRAM_COLUMNS = ("flops", "bytes_accessed", "kernels", "peak_memory_bytes")
-BACKENDS = ("auto", "vector", "process", "ray")
+BACKENDS = ("auto", "vector", "grouped", "process", "ray")
 _PARTS = ("compute", "memory", "communication", "overhead")
 
 
@@ -128,7 +131,7 @@ class SweepResult:
     pipeline: str
     knobs: tuple[str, ...]
     columns: Mapping[str, np.ndarray]        # column -> one value per variant (variant order)
-    method: str                              # "vectorised" or "per-variant (process|serial|ray)"
+    method: str                              # "vectorised", "vectorised by decision (...)" or "per-variant (process|serial|ray)"
     reason: str = ""                         # why the passes ran per variant
 
     def __len__(self) -> int:
@@ -263,8 +266,10 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     - ``grid``: dotted knob name (``target.knobs()``) -> list of values (every combination), or a
       list of {knob: value} variants.
     - ``pipeline``: as in ``explorer.estimate`` (``"default"``, text, pass instances, ``None``).
-    - ``backend``: ``"auto"`` (vectorised when no pass reads a swept knob, else processes),
-      ``"vector"`` (refuses when a pass reads a swept knob), ``"process"`` or ``"ray"`` (per variant).
+    - ``backend``: ``"auto"`` (vectorised when no pass reads a swept knob, else grouped),
+      ``"vector"`` (refuses when a pass reads a swept knob), ``"grouped"`` (passes run per distinct
+      value of the knobs they read, in this process; variants with the same plan priced as arrays),
+      ``"process"`` or ``"ray"`` (per variant).
     - ``workers``: worker processes for the per-variant path (default: CPU count; 1 = in this process).
     - ``progress``: a progress line on stderr for the per-variant path (default: when stderr is a terminal).
 
@@ -292,13 +297,17 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     if backend == "vector" and reads:
         raise SweepError(f"sweep: backend 'vector' needs pass decisions independent of the swept knobs, but {reason}")
     if backend == "auto":
-        backend = "process" if reads else "vector"
+        backend = "grouped" if reads else "vector"
     base_values = base_target.knobs()
     knob_cols = {k: np.array([v.get(k, base_values[k]) for v in variants]) for k in knobs}
     if backend == "vector":
         plan = pl.run(passes, program, base_target)
         cols = price_variants(program, base_target, plan, knob_cols, len(variants))
         method = "vectorised"
+    elif backend == "grouped":
+        read = sorted({k for ks in reads.values() for k in ks})
+        cols, runs, plans = _grouped(program, base_target, passes, variants, read, knob_cols, base_values)
+        method = f"vectorised by decision ({runs} pass runs, {plans} distinct plans)"
     else:
         targets = [base_target.replace(**v) for v in variants]
         rows = _per_variant(program, targets, passes, backend, workers, progress)
@@ -307,6 +316,45 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     name = program.graph.name
     return SweepResult(program=name, target=base_target.name, pipeline=text, knobs=knobs,
                        columns={**knob_cols, **cols}, method=method, reason=reason)
+
+
+def _decisions(plan) -> Any:
+    """What of a plan sets the prices: everything but its notes (which may quote the target's figures)."""
+    return dataclasses.replace(plan, notes=())
+
+
+def _grouped(program, base_target, passes: list[Any], variants: list[dict[str, float]], read: list[str],
+             knob_cols: dict[str, np.ndarray], base_values: Mapping[str, float]) -> tuple[dict[str, np.ndarray], int, int]:
+    """The passes run once per distinct value of the knobs they read (their decisions depend on nothing else, as
+    ``reads_knobs`` promises); variants whose runs made the same plan are priced together as arrays. Every row is
+    still ``explorer.estimate`` on its variant, bit for bit."""
+    by_read: dict[tuple, list[int]] = {}
+    for i, v in enumerate(variants):
+        by_read.setdefault(tuple(v.get(k, base_values[k]) for k in read), []).append(i)
+    groups: list[tuple[Any, list[int]]] = []           # (plan, variant indices), first-seen order
+    for key, rows in by_read.items():
+        plan = pl.run(passes, program, base_target.replace(**dict(zip(read, key))))
+        decided = _decisions(plan)
+        for known, members in groups:
+            if _decisions(known) == decided:
+                members.extend(rows)
+                break
+        else:
+            groups.append((plan, list(rows)))
+    parts = []
+    for plan, rows in groups:
+        idx = np.array(sorted(rows))
+        parts.append((idx, price_variants(program, base_target, plan, {k: c[idx] for k, c in knob_cols.items()},
+                                          len(idx))))
+    out: dict[str, np.ndarray] = {}
+    for name in parts[0][1]:
+        pieces = [part[name] for _, part in parts]
+        dtype = pieces[0].dtype if all(p.dtype == pieces[0].dtype for p in pieces) else np.result_type(*pieces)
+        col = np.empty(len(variants), dtype=dtype)      # a string column as wide as its widest group's
+        for (idx, _), piece in zip(parts, pieces):
+            col[idx] = piece
+        out[name] = col
+    return out, len(by_read), len(groups)
 
 
 def _column(values: list[Any]) -> np.ndarray:

@@ -42,7 +42,8 @@ from ..pipeline import register
 from ..plan import Plan
 from ..solver import DEFAULT_NODE_LIMIT, solve_milp
 from .propagate import CostModel, ShardingResult, propagate
-from .shard import collective_kernels
+from .buckets import XLA_COMBINE_THRESHOLD_BYTES
+from .shard import SHARDING_READS, collective_kernels
 from .reshard import reshard
 from .rules import Choice, Ctx, matmul_choices
 from .spec import Mesh, Spec
@@ -382,9 +383,12 @@ class IlpShard:
     force_ops: bool = False
     node_limit: int = DEFAULT_NODE_LIMIT
     time_limit_s: float = 0.0
+    bucket_bytes: float = XLA_COMBINE_THRESHOLD_BYTES     # collectives combined as ``shard`` does (0: never)
 
     def __post_init__(self) -> None:
         parse_mesh_text(self.mesh)
+        if not self.bucket_bytes >= 0:
+            raise ValueError(f"shard_ilp: option bucket_bytes must be >= 0 (0: no combining), got {self.bucket_bytes!r}")
         if self.memory_bytes < 0:
             raise ValueError(f"memory_bytes must be >= 0, got {self.memory_bytes!r}")
         if isinstance(self.node_limit, bool) or not isinstance(self.node_limit, int) or self.node_limit < 1:
@@ -406,9 +410,14 @@ class IlpShard:
         return replace(res, notes=(f"ILP: {plan.variables} variables, objective {plan.objective_s:.4g} s, "
                                    f"{plan.status}",) + res.notes)
 
+    def reads_knobs(self) -> frozenset[str]:
+        """The knobs the solver's objective and memory limit read (see ``explorer.sweep``)."""
+        return SHARDING_READS
+
     def run(self, program, plan: Plan, target) -> Plan:
         res = self.analyse(program, target)
         return plan.with_(work_overrides={**(plan.work_overrides or {}), **res.works},
                           value_bytes={**(plan.value_bytes or {}), **res.value_bytes},
-                          extra_kernels=plan.extra_kernels + collective_kernels(res),
+                          extra_kernels=plan.extra_kernels + collective_kernels(res, self.bucket_bytes,
+                                                                                program.weights),
                           notes=plan.notes + tuple(f"shard_ilp: {n}" for n in res.notes))

@@ -160,6 +160,9 @@ _HINT_THROUGH = frozenset({
 _PIN_THROUGH = frozenset({"stablehlo.convert", "stablehlo.copy", "stablehlo.reshape", "stablehlo.transpose",
                           "stablehlo.bitcast_convert"})
 
+_RANDOM = frozenset({"stablehlo.rng", "stablehlo.rng_bit_generator"})
+_MOVES = frozenset({"all_gather", "all_to_all", "collective_permute"})   # a layout change, not a pending sum reduced
+
 PINNED_PENALTY_S = 1e3     # a layout that undoes a pinned (tensor/expert-parallel) split is a last resort
 
 
@@ -355,20 +358,64 @@ class _Partitioner:
             want = self.constraints[op.id]
             cands = [Choice((want,) + (None,) * (len(ins) - 1), (want,) * len(outs), label="constraint")]
         else:
+            hint = self.hints.get(op.results[0]) if op.results else None
+            if op.name in _RANDOM and op.results:
+                hint = self._masked_layout(op.results[-1])
             ctx = Ctx(op=op, ins=ins, outs=outs, specs=specs, mesh=self.mesh,
                       attr=lambda name, kind: self.attr(op, name, kind), scatter_partials=self.scatter_partials,
-                      hint=self.hints.get(op.results[0]) if op.results else None)
+                      hint=hint)
             try:
                 cands = choices(ctx)
             except Exception as exc:   # a rule that cannot read this op falls back to replication, said aloud
                 self.notes.append(f"op {op.id} ({op.name}): sharding rule failed ({exc}); replicated")
                 cands = replicate(ctx)
         best, best_cost = None, math.inf
+        best_key = (True, math.inf)
         for c in cands:
             t = self._price(op, c, phase)
-            if t < best_cost - 1e-15:
-                best, best_cost = c, t
+            key = (self._moves_operands(op, c, phase), t)
+            if key[0] < best_key[0] or (key[0] == best_key[0] and t < best_key[1] - 1e-15):
+                best, best_key = c, key
         self._apply(op, best, phase)
+
+    def _moves_operands(self, op: Op, c: Choice, phase: str) -> bool:
+        """Whether a choice moves an operand to another layout (gathers it, or sends it to other devices). As GSPMD
+        and Shardy do, a layout the operands already have (after reducing their pending sums, or by a free local
+        slice) wins over one that moves them, whatever the move would save later: the partitioner follows the
+        shardings it is given (a data-parallel weight gradient is a partial sum over the batch axis, all-reduced,
+        not computed whole on every device from gathered activations, as XLA's SPMD partitioner does it)."""
+        for v, want in zip(op.operands, c.operands):
+            if want is None:
+                continue
+            steps, _ = self._plan(v, want, phase)
+            if any(st.kind in _MOVES for st in steps):
+                return True
+        return False
+
+    def _masked_layout(self, bits: int) -> Spec | None:
+        """The layout of what random ``bits`` end up masking: following their readers of the same shape (a compare
+        making the mask, a convert) to the first one that combines them with a value already laid out (the
+        ``select`` of a dropout, in program order after that value)."""
+        graph = self.graph
+        users = graph.consumers()
+        shape = graph.values[bits].shape
+        frontier, seen = [bits], {bits}
+        for _ in range(4):
+            nxt = []
+            for u in frontier:
+                for oid in users.get(u, ()):
+                    o = graph.ops[oid]
+                    for w in o.operands:
+                        if w not in seen and graph.values[w].shape == shape and w in self.spec:
+                            s = self.spec[w]
+                            if any(s.dims):
+                                return Spec(s.dims)
+                    for r in o.results:
+                        if r not in seen and graph.values[r].shape == shape:
+                            seen.add(r)
+                            nxt.append(r)
+            frontier = nxt
+        return None
 
     def _price(self, op: Op, c: Choice, phase: str) -> float:
         total = 0.0

@@ -505,10 +505,27 @@ def dynamic_update_slice(ctx: Ctx) -> list[Choice]:
     return _whole_dims(ctx, changed, "update slice")
 
 
-@rule("stablehlo.iota", "stablehlo.constant", "stablehlo.rng", "stablehlo.rng_bit_generator",
-      "stablehlo.partition_id", "stablehlo.replica_id", "stablehlo.after_all", "stablehlo.create_token")
+@rule("stablehlo.iota", "stablehlo.constant", "stablehlo.partition_id", "stablehlo.replica_id",
+      "stablehlo.after_all", "stablehlo.create_token")
 def generator(ctx: Ctx) -> list[Choice]:
     return [Choice((None,) * len(ctx.ins), replicated_like(ctx.outs), label="generated")]
+
+
+@rule("stablehlo.rng", "stablehlo.rng_bit_generator")
+def random_bits(ctx: Ctx) -> list[Choice]:
+    """Random bits (a dropout mask's): replicated, or drawn by each device for its own shard in the layout the
+    values they mask have (``ctx.hint``), as Megatron's per-rank RNG states and JAX's partitionable RNG do: a
+    tensor-parallel attention dropout mask is split by heads, a sequence-parallel one by tokens. The state result
+    of ``rng_bit_generator`` stays replicated."""
+    out = generator(ctx)
+    bits = ctx.outs[-1] if ctx.outs else None
+    h = ctx.hint
+    if bits is not None and h is not None and len(h.dims) == len(bits.shape) and any(h.dims) and not h.partial:
+        if all(not axes or bits.shape[d] % math.prod(ctx.mesh.size(a) for a in axes) == 0
+               for d, axes in enumerate(h.dims)):
+            res = replicated_like(ctx.outs[:-1]) + (Spec(h.dims),)
+            out.append(Choice((None,) * len(ctx.ins), res, label="random bits per shard"))
+    return out
 
 
 @rule("stablehlo.while", "stablehlo.optimization_barrier", "stablehlo.tuple", "stablehlo.get_tuple_element")

@@ -6,8 +6,11 @@ from typing import Any
 
 from ..pipeline import register
 from ..plan import ExtraKernel, Plan
+from .buckets import XLA_COMBINE_THRESHOLD_BYTES, combine
 from .propagate import Inserted, ShardingResult, propagate
 from .read import read
+
+SHARDING_READS = frozenset({"compute.", "efficiency.", "memory.", "scale_up.", "scale_out."})
 from .spec import Mesh
 from .strategies import DATA_ROOTS, Strategy, check, layouts, parse_axes, parse_mesh_text, parse_pins
 
@@ -18,7 +21,8 @@ class Shard:
     ``tp``, ``cp``, ``ep`` ("+"-joined for several), ``sp`` (Megatron sequence parallelism), ``zero1``
     (optimizer state split over the dp axes),
     ``data`` (argument roots holding the batch, "+"-joined), ``pins`` ("PATTERN=DIMS;...", DIMS like
-    ``_:model``)."""
+    ``_:model``), ``bucket_bytes`` (independent collectives of a kind combined into buckets up to this size per
+    device, as XLA's combiners do: 30 MiB by default; 0: one collective per tensor, see ``buckets.py``)."""
 
     name = "shard"
     mesh: str = ""
@@ -31,8 +35,11 @@ class Shard:
     ep: str = ""
     data: str = ""
     pins: str = ""
+    bucket_bytes: float = XLA_COMBINE_THRESHOLD_BYTES
 
     def __post_init__(self) -> None:
+        if not self.bucket_bytes >= 0:
+            raise ValueError(f"shard: option bucket_bytes must be >= 0 (0: no combining), got {self.bucket_bytes!r}")
         if self.mesh:
             check(self.strategy(), parse_mesh_text(self.mesh))
         elif any((self.dp, self.fsdp, self.tp, self.cp, self.ep, self.pins, self.sp, self.zero1)):
@@ -89,20 +96,29 @@ class Shard:
             return _with_notes(res, ("no shardings in the program and no mesh given: one device",))
         return propagate(program, found.mesh, found.inputs, found.outputs, {}, found.constraints, target=target)
 
+    def reads_knobs(self) -> frozenset[str]:
+        """The target knobs the decisions read (see ``explorer.sweep``): candidate layouts are ranked by their
+        collectives' time on the target's networks and by their local work at its peak rates."""
+        return SHARDING_READS
+
     def run(self, program, plan: Plan, target) -> Plan:
         res = self.analyse(program, target)
         source = (f"{self.strategy().describe()} on the given mesh" if self.mesh
                   else "sharded as the program's shardings say")
+        kernels = collective_kernels(res, self.bucket_bytes, program.weights)
+        combined = (f" ({len(kernels)} after combining into buckets of up to {self.bucket_bytes / 2**20:g} MiB)"
+                    if len(kernels) != len(res.collectives) else "")
         return plan.with_(work_overrides={**(plan.work_overrides or {}), **res.works},
                           value_bytes={**(plan.value_bytes or {}), **res.value_bytes},
-                          extra_kernels=plan.extra_kernels + collective_kernels(res),
+                          extra_kernels=plan.extra_kernels + kernels,
                           notes=plan.notes + tuple(f"shard: {n}" for n in res.notes)
                           + (f"shard: {source}: mesh {res.mesh} ({res.mesh.devices} devices, figures per device), "
-                             f"{len(res.collectives)} collectives",))
+                             f"{len(res.collectives)} collectives{combined}",))
 
 
-def collective_kernels(res: ShardingResult) -> tuple[ExtraKernel, ...]:
-    return tuple(_kernel(c) for c in res.collectives)
+def collective_kernels(res: ShardingResult, bucket_bytes: float = 0.0, weights=None) -> tuple[ExtraKernel, ...]:
+    """One ``ExtraKernel`` per inserted collective, or per bucket of them (``bucket_bytes`` > 0, see ``buckets``)."""
+    return tuple(_kernel(c) for c in combine(res.collectives, bucket_bytes, weights))
 
 
 def _kernel(c: Inserted) -> ExtraKernel:
