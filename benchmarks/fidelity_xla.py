@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = RESULTS / f"{now:%Y-%m-%d-%H%M}-fidelity-xla"
+        which = "-".join(args.compiler) if args.compiler else "all"     # one file per run, whatever ran at once
+        stem = RESULTS / f"{now:%Y-%m-%d-%H%M}-fidelity-xla-{which}"
         stem.with_suffix(".txt").write_text(text + "\n")
         stem.with_suffix(".json").write_text(json.dumps(records, indent=1))
         print(f"\nwritten to {stem.relative_to(ROOT)}.txt/.json")

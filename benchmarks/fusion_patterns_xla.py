@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{now:%Y-%m-%d-%H%M}-fusion-patterns-xla.txt").write_text(text + "\n")
+        which = "-".join(args.compiler) if args.compiler else "all"     # one file per run, whatever ran at once
+        (RESULTS / f"{now:%Y-%m-%d-%H%M}-fusion-patterns-xla-{which}.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ What a source's model has, and this builder offers:
 - ``param_dtype``: ``float32`` (MaxText's fp32 weights, an AdamW state beside them) or ``bfloat16`` with the f32
   master weights inside the optimizer state (Megatron's mixed-precision optimizer: 16-bit model weights, f32
   master weights and moments, all three split by a distributed optimizer, ``zero1``);
-- ``matmul_dtype``: ``bfloat16`` or ``float8`` (e4m3 operands, bf16 results: TransformerEngine's recipe without
-  its scaling factors);
+- ``matmul_dtype``: ``bfloat16`` or ``float8`` (8-bit operands in the forward and both backward GEMMs, bf16 results:
+  TransformerEngine's recipe without its scaling factors, ``_fp8_dense``);
 - ``weight_dtype="int8"`` for decoding (weights stored in 8 bits and widened before each matmul, Pope et al.).
 
 ``train_program(cfg, batch)`` -> (train_step, args) with ``ShapeDtypeStruct`` args; ``decode_program(cfg, batch,
@@ -87,17 +87,42 @@ class Model:
 
 # -- the model ---------------------------------------------------------------------------------------------
 
-def _mm(cfg: Model):
-    return jnp.float8_e4m3fn if cfg.matmul_dtype == "float8" else BF
-
-
 def _w(cfg: Model, w):
     return w.astype(BF) if w.dtype == jnp.int8 else w
 
 
 def _dense(cfg: Model, x, w, spec: str):
-    dt = _mm(cfg)
-    return jnp.einsum(spec, x.astype(dt), _w(cfg, w).astype(dt), preferred_element_type=BF)
+    if cfg.matmul_dtype == "float8":
+        return _fp8_dense(spec, x, _w(cfg, w))
+    return jnp.einsum(spec, x.astype(BF), _w(cfg, w).astype(BF), preferred_element_type=BF)
+
+
+def _fp8_dense(spec: str, x, w):
+    """TransformerEngine's FP8 recipe for one matmul: the forward GEMM on e4m3 casts of the input and the weight
+    (saved, 1 byte per element, for the backward pass), and both backward GEMMs (input gradient, weight gradient) on
+    8-bit casts of the output gradient as well (TE's HYBRID recipe casts gradients to e5m2; e4m3 here, the same
+    size and GEMM rate), bf16 results. Scaling factors are left out."""
+    ins, out = spec.split("->")
+    a, b = ins.split(",")
+    f8, xdt, wdt = jnp.float8_e4m3fn, x.dtype, w.dtype
+
+    @jax.custom_vjp
+    def mm(x, w):
+        return jnp.einsum(spec, x.astype(f8), w.astype(f8), preferred_element_type=BF)
+
+    def fwd(x, w):
+        x8, w8 = x.astype(f8), w.astype(f8)
+        return jnp.einsum(spec, x8, w8, preferred_element_type=BF), (x8, w8)
+
+    def bwd(res, g):
+        x8, w8 = res
+        g8 = g.astype(f8)
+        dx = jnp.einsum(f"{out},{b}->{a}", g8, w8, preferred_element_type=BF).astype(xdt)
+        dw = jnp.einsum(f"{a},{out}->{b}", x8, g8, preferred_element_type=BF).astype(wdt)
+        return dx, dw
+
+    mm.defvjp(fwd, bwd)
+    return mm(x, w)
 
 
 def _norm(cfg: Model, p, x):

@@ -123,20 +123,22 @@ def checked_number(value: Any, subject: str, integer: bool = False) -> float | i
     return x
 
 
-def check_range(where: str, label: str, key: str, value: Any) -> None:
+def check_range(where: str, label: str, key: str, value: Any, what: str = "field") -> None:
     """``TargetError`` naming ``where``, the field (``label``), the value and its range when ``value`` lies outside
-    the range of ``key`` (the field's dotted name in ``RANGES``)."""
+    the range of ``key`` (the field's dotted name in ``RANGES``). ``what``: the word before the name ("field" in a
+    file, "knob" for ``Target.replace``)."""
     r = range_of(key)
     if r is None:
         return
+    subject = f"{where}: {what} {label!r}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TargetError(f"{where}: field {label!r} must be a finite number in {r.text()}, got {value!r}")
+        raise TargetError(f"{subject} must be a finite number in {r.text()}, got {value!r}")
     if r.contains(value):
         return
     if value <= 0 and (r.lo > 0 or r.lo_open):
-        raise TargetError(f"{where}: field {label!r} must be > 0, got {value!r} (physical range {r.text()})"
-                          if r.hi != 1 else f"{where}: field {label!r} must be in {r.text()}, got {value!r}")
+        raise TargetError(f"{subject} must be > 0, got {value!r} (physical range {r.text()})"
+                          if r.hi != 1 else f"{subject} must be in {r.text()}, got {value!r}")
     if value < 0:
-        raise TargetError(f"{where}: field {label!r} must be >= 0, got {value!r} (physical range {r.text()})")
+        raise TargetError(f"{subject} must be >= 0, got {value!r} (physical range {r.text()})")
     why = f" ({r.why})" if r.why else ""
-    raise TargetError(f"{where}: field {label!r} must be in {r.text()}, got {value!r}{why}")
+    raise TargetError(f"{subject} must be in {r.text()}, got {value!r}{why}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from .schema import (F32_MATMUL_MODES, INT_FIELDS, LAUNCH_MODES, MATRIX_DTYPES, MEMORY_KINDS,  # noqa: F401
-                     TARGET_KINDS, TOPOLOGIES, VECTOR_DTYPES, TargetError, checked_number)
+                     TARGET_KINDS, TOPOLOGIES, VECTOR_DTYPES, TargetError, check_range, checked_number, range_of)
 from .validate import validate_target
 
 
@@ -235,9 +235,13 @@ class Target:
                 close = difflib.get_close_matches(knob, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise TargetError(f"{self.name}: unknown knob {knob!r}{hint}")
+            r = range_of(knob)
+            want = checked_number(value, f"{self.name}: knob {knob!r}", bool(r and r.integer))
+            if not self._network_bandwidth_off(knob, want):
+                # the knob's own range first, so the message names the knob as given, not the preset file's field
+                check_range(self.name, knob, knob, want, what="knob")
             t = _set(t, knob, value, self.name)
             got = t.knobs().get(knob)
-            want = checked_number(value, f"{self.name}: knob {knob!r}")
             if got != want:      # never a silent no-op
                 raise TargetError(f"{self.name}: knob {knob!r} = {value!r} did not apply (the target has {got!r})")
         after = t.knobs()
@@ -245,6 +249,12 @@ class Target:
         if name is None:
             name = variant_name(self.name, moved) if moved else self.name
         return dataclasses.replace(t, name=name, source=self.source)
+
+    def _network_bandwidth_off(self, knob: str, value: float) -> bool:
+        """A bandwidth of 0 on a network of topology 'none' (no network), which the validation allows."""
+        head, _, field_name = knob.partition(".")
+        return (head in ("scale_up", "scale_out") and field_name.endswith("bandwidth_bytes_per_s") and value == 0
+                and getattr(self, head).topology == "none")
 
 
 def variant_name(name: str, knobs: Mapping[str, float]) -> str:

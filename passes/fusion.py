@@ -33,6 +33,7 @@ from typing import Iterable
 
 from explorer.costs.work import Work
 from explorer.graph import names
+from explorer.graph.gcpause import paused_gc
 from explorer.graph.importer import GROUPING_OPS
 
 from . import fusion_xla
@@ -83,6 +84,9 @@ class _Groups:
         return ra
 
 
+_DECISIONS: dict[tuple, tuple] = {}   # see ``Fuse._decision``
+
+
 @register
 @dataclass(frozen=True)
 class Fuse:
@@ -118,12 +122,25 @@ class Fuse:
 
     # -- entry point --------------------------------------------------------------
     def run(self, program, plan: Plan, target) -> Plan:
+        with paused_gc():     # a pass over every op: the collector's walks would grow with the program
+            return self._run(program, plan, target)
+
+    def _run(self, program, plan: Plan, target) -> Plan:
         if self.strategy == "compiled":
             placement = {**compiled_placement(program, target), **(plan.placement or {})}
             return plan.with_(kernels=compiled_kernels(program, plan), placement=placement or plan.placement)
+        fused = sum(op.name in GROUPING_OPS for op in program.graph.ops)
+        if fused:
+            raise ValueError(f"fuse{{strategy={self.strategy}}}: {program.graph.name} is a compiled module whose "
+                             f"kernels the compiler already chose ({fused} fusions and async collectives); price them "
+                             f"with fuse{{strategy=compiled}}, or lower the program without compiler='xla' to fuse it "
+                             f"with this strategy")
+        notes = _override_notes(program, "forbid", parse_edges(self.forbid)) + \
+            _override_notes(program, "force", parse_edges(self.force))
+        plan = plan.with_(notes=plan.notes + notes) if notes else plan
         extra: tuple[ExtraKernel, ...] = ()
         if self.strategy in ("xla", "aggressive"):
-            d = self._decision(program, target)
+            d = self._decision(program, target, _boundary_edges(program, plan))
             groups, copies = d.groups, d.copies
             extra = _layout_copy_kernels(program, plan, d.layout_copies)
         else:
@@ -131,10 +148,23 @@ class Fuse:
         kernels = build_kernels(program, groups, target, plan=plan, copies=copies)
         return plan.with_(kernels=kernels, extra_kernels=plan.extra_kernels + extra)
 
-    def _decision(self, program, target) -> fusion_xla.Fusion:
-        return fusion_xla.decide(program, target, set(parse_edges(self.forbid)), parse_edges(self.force),
-                                 multi_output=self.multi_output, matmul_epilogue=self.matmul_epilogue,
-                                 aggressive=self.strategy == "aggressive")
+    def _decision(self, program, target, boundaries: frozenset[Edge] = frozenset()) -> fusion_xla.Fusion:
+        """``fusion_xla.decide`` for these options, remembered for the last few (program, target, options): a workflow
+        asks for the same decision twice (``candidates`` and then the estimate). A copy each time (callers own it).
+        ``boundaries``: edges a collective sits on (see ``_boundary_edges``), never fused."""
+        key = (id(program), id(target), self.forbid, self.force, self.multi_output, self.matmul_epilogue,
+               self.strategy, boundaries)
+        hit = _DECISIONS.get(key)
+        if hit is None or hit[0] is not program or hit[1] is not target:
+            d = fusion_xla.decide(program, target, set(parse_edges(self.forbid)) | boundaries, parse_edges(self.force),
+                                  multi_output=self.multi_output, matmul_epilogue=self.matmul_epilogue,
+                                  aggressive=self.strategy == "aggressive")
+            while len(_DECISIONS) >= 4:
+                _DECISIONS.pop(next(iter(_DECISIONS)))
+            _DECISIONS[key] = hit = (program, target, d)
+        d = hit[2]
+        return fusion_xla.Fusion(groups=[list(g) for g in d.groups], copies=list(d.copies), made=set(d.made),
+                                 layout_copies=list(d.layout_copies))
 
     def _fuse(self, program, target) -> tuple[list[list[int]], list[frozenset[int]], set[Edge]]:
         """(groups of op ids, the ops recomputed in each group, the producer -> consumer edges fused)."""
@@ -331,6 +361,52 @@ def _depends(graph, groups, src: int, dst: int, users, limit: int = 4096) -> boo
             if u < horizon:
                 stack.extend(graph.ops[u].results)
     return len(seen) >= limit   # too far to prove independence: assume dependent
+
+
+def _boundary_edges(program, plan: Plan) -> frozenset[Edge]:
+    """The producer -> reader edges a pass put a collective on (``Plan.boundaries``, set by sharding): the reader
+    takes the collective's result from memory, so the two never share a kernel."""
+    if not plan.boundaries:
+        return frozenset()
+    made_by = {r: op.id for op in program.graph.ops for r in op.results}
+    return frozenset((made_by[v], c) for v, c in plan.boundaries if v in made_by)
+
+
+def _override_notes(program, option: str, edges: list[Edge]) -> tuple[str, ...]:
+    """A note for each ``forbid`` / ``force`` edge that is no producer -> consumer edge of the program (an op id
+    out of range, or a consumer that reads nothing the producer makes, through views): it cannot change anything,
+    and a user who mistyped an id must hear so."""
+    graph = program.graph
+    n = len(graph.ops)
+    out = []
+    for p, c in edges:
+        missing = [o for o in (p, c) if not 0 <= o < n]
+        if missing:
+            out.append(f"fuse: {option} {p}>{c} ignored: no op {missing[0]} (the program has ops 0-{n - 1})")
+        elif not _reads_from(program, p, c):
+            out.append(f"fuse: {option} {p}>{c} ignored: op {c} ({graph.ops[c].short_name}) reads nothing op {p} "
+                       f"({graph.ops[p].short_name}) makes")
+    return tuple(out)
+
+
+def _reads_from(program, p: int, c: int) -> bool:
+    """Whether op ``c`` reads a result of op ``p``, directly or through ops that launch no kernel (views)."""
+    graph, works = program.graph, program.works
+    made_by = {r: op.id for op in graph.ops for r in op.results}
+    stack, seen = list(graph.ops[c].operands), set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        o = made_by.get(v)
+        if o is None:
+            continue
+        if o == p:
+            return True
+        if works[o] is not None and not works[o].launches_kernel:
+            stack.extend(graph.ops[o].operands)
+    return False
 
 
 def parse_edges(text: str) -> list[Edge]:

@@ -28,7 +28,7 @@ Fusion never crosses a loop or branch boundary. Decisions do not read the target
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from explorer.model.liveness import alias_roots
 
@@ -267,6 +267,32 @@ def _expensive(program, oid: int, flavour: str) -> bool:
     return True
 
 
+_FACTS: dict[tuple[int, str], tuple[Any, tuple]] = {}
+
+
+def _program_facts(program, flavour: str) -> tuple[dict[int, str], tuple[int, ...], frozenset[int], dict[int, int]]:
+    """What ``decide`` starts from and no option changes: each live op's class, the ops that are kernels, the values
+    computed from nothing, each kernel op's loop size. Kept for the last few programs (read only): workflows re-run
+    the pass with one edge forbidden at a time (``fusion_decisions``)."""
+    key = (id(program), flavour)
+    hit = _FACTS.get(key)
+    if hit is not None and hit[0] is program:
+        return hit[1]
+    graph = program.graph
+    live = [op.id for op in graph.ops if program.works[op.id] is not None and program.weights[op.id] > 0]
+    cls = {o: op_class(program, o) for o in live}
+    users = graph.consumers()
+    kernel_ops = tuple(o for o in live if (program.works[o].launches_kernel and cls[o] not in ("generator", "view"))
+                       or (cls[o] == "generator" and materialised(program, o, cls, users)))
+    free = _computed_from_nothing(program, cls, flavour)
+    space = {o: space_of(program, o) for o in kernel_ops}
+    facts = (cls, kernel_ops, free, space)
+    while len(_FACTS) >= 4:
+        _FACTS.pop(next(iter(_FACTS)))
+    _FACTS[key] = (program, facts)
+    return facts
+
+
 def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_output: bool = True,
            matmul_epilogue: bool = True, aggressive: bool = False) -> Fusion:
     """The groups XLA would make of ``program`` on ``target``'s kind of chip (see the module docstring).
@@ -279,15 +305,10 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
     second matmul streams over the first one's output, which never leaves the chip)."""
     graph = program.graph
     flavour = flavour_of(target)
-    live = [op.id for op in graph.ops if program.works[op.id] is not None and program.weights[op.id] > 0]
-    cls = {o: op_class(program, o) for o in live}
+    cls, kernel_ops, free, space = _program_facts(program, flavour)
     users = graph.consumers()
-    kernel_ops = [o for o in live if (program.works[o].launches_kernel and cls[o] not in ("generator", "view"))
-                  or (cls[o] == "generator" and materialised(program, o, cls, users))]
     st = _State(program, cls, kernel_ops)
-    free = _computed_from_nothing(program, cls, flavour)
     made: set[Edge] = set()
-    space = {o: space_of(program, o) for o in kernel_ops}
 
     tpu = flavour == "tpu" and not aggressive
 

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from explorer.graph.gcpause import paused_gc
 from explorer.model import liveness, timing
 from explorer.model.memory import level_peaks, main_memory_liveness
 from explorer.model.traffic import traffic_by_level, transfer_time
@@ -303,6 +304,9 @@ def _usage(m: _OnChip, placed) -> np.ndarray:
     return np.cumsum(usage)
 
 
+_VECTOR_MOVE = 96     # a move touching more (kernel, group) pairs than this is scored with arrays
+
+
 def _greedy(m: _OnChip, capacity: float, allow_boundary: bool) -> frozenset[int]:
     """Best memory time saved per byte first, single groups or whole kernels, re-scored as the placement grows;
     a move is taken only if the bytes on chip stay within ``capacity`` at every step."""
@@ -322,17 +326,64 @@ def _greedy(m: _OnChip, capacity: float, allow_boundary: bool) -> frozenset[int]
         cands = (i,) if kind == 0 else m.groups_of[i]
         return tuple(g for g in cands if allowed[g] and g not in placed)
 
+    # per group: (kernel, bytes it moves there) over the kernels it touches, in kernel order (what ``shifts`` sums)
+    moves_of = [tuple((k, 0.0 + m.kernel_bytes[k].get(g, 0.0)) for k in m.touches[g]) for g in range(len(m.members))]
+    main_bw, fast_bw, main_lat, fast_lat = m.main_bw, m.fast_bw, m.main_lat, m.fast_lat
+    floor, runs = m.floor, m.runs
+
     def shifts(move) -> dict[int, float]:
         out: dict[int, float] = {}
         for g in move:
-            for k in m.touches[g]:
-                out[k] = out.get(k, 0.0) + m.kernel_bytes[k].get(g, 0.0)
+            for k, b in moves_of[g]:
+                out[k] = out.get(k, 0.0) + b
         return out
 
+    # the same, as arrays, for big moves (a kernel's every group): the kernels' states mirrored in arrays
+    k_of = [np.array([k for k, _ in mv], dtype=np.intp) for mv in moves_of]
+    b_of = [np.array([b for _, b in mv], dtype=float) for mv in moves_of]
+    off_a, on_a, cur_a = np.array(off, dtype=float), np.zeros(nk), np.array(cur, dtype=float)
+    floor_a, runs_a = np.array(floor, dtype=float), np.array(runs, dtype=float)
+
+    def delta_of(move) -> float:
+        """``score``'s sum over the kernels, elementwise in numpy: each kernel's bytes summed in the same order
+        (``np.add.at`` is unbuffered and sequential), the same IEEE operations per kernel, and the kernels' terms
+        added one after another in kernel order (``np.cumsum`` is sequential), so the float is the loop's."""
+        ks = np.concatenate([k_of[g] for g in move])
+        bs = np.concatenate([b_of[g] for g in move])
+        if len(move) == 1:
+            uk, acc = ks, bs
+        else:
+            uk, inv = np.unique(ks, return_inverse=True)
+            acc = np.zeros(len(uk))
+            np.add.at(acc, inv, bs)
+        mb, ob = off_a[uk] - acc, on_a[uk] + acc
+        pos_m, pos_o = mb > 0, ob > 0
+        t = np.where(pos_m, mb / main_bw, 0.0)
+        t = np.where(pos_o, t + ob / fast_bw, t)
+        lat = np.where(pos_m, main_lat, 0.0)
+        lat = np.where(pos_o, np.maximum(lat, fast_lat), lat)
+        terms = np.maximum(floor_a[uk], t + lat) * runs_a[uk] - cur_a[uk]
+        return 0.0 + float(np.cumsum(terms)[-1]) if len(terms) else 0.0
+
     def score(move) -> tuple[float, float]:
+        # ``m.quick_seconds`` inlined, the same operations in the same order (this loop is the pass's time)
+        if sum(len(moves_of[g]) for g in move) > _VECTOR_MOVE:
+            return _finish(delta_of(move), move)
         delta = 0.0
-        for k, b in sorted(shifts(move).items()):
-            delta += m.quick_seconds(off[k] - b, on[k] + b, k) - cur[k]
+        for k, b in (moves_of[move[0]] if len(move) == 1 else sorted(shifts(move).items())):
+            mb, ob = off[k] - b, on[k] + b
+            t = 0.0
+            lat = 0.0
+            if mb > 0:
+                t += mb / main_bw
+                lat = main_lat
+            if ob > 0:
+                t += ob / fast_bw
+                lat = max(lat, fast_lat)
+            delta += max(floor[k], t + lat) * runs[k] - cur[k]
+        return _finish(delta, move)
+
+    def _finish(delta: float, move) -> tuple[float, float]:
         add = sum(m.size[g] for g in move if m.boundary[g])
         if add:
             delta += m.transfer(boundary_bytes + add, latency_paid=True) - m.transfer(boundary_bytes, latency_paid=True)
@@ -387,6 +438,7 @@ def _greedy(m: _OnChip, capacity: float, allow_boundary: bool) -> frozenset[int]
             on[k] += b
             off[k] -= b
             cur[k] = m.quick_seconds(off[k], on[k], k)
+            on_a[k], off_a[k], cur_a[k] = on[k], off[k], cur[k]
         near = sorted({h for k, _ in ks for h in m.groups_of[k] if h not in placed})
         for h in near:
             push((0, h))
@@ -406,6 +458,29 @@ def _clique_points(ivs) -> list[int]:
         nxt = starts[i + 1] if i + 1 < len(starts) else None
         if nxt is None or bisect.bisect_left(ends, p) < bisect.bisect_left(ends, nxt):
             out.append(p)
+    return out
+
+
+def _live_at(points: list[int], spans: list) -> list[list[int]]:
+    """Per point (ascending), the indices (ascending) of the entries of ``spans`` with an interval containing it: one
+    sweep over the sorted interval ends instead of every entry tested at every point."""
+    events = sorted((s, e, j) for j, ivs in enumerate(spans) for s, e in ivs)
+    out: list[list[int]] = []
+    active: list[tuple[int, int]] = []     # heap of (end, entry) for the intervals started so far
+    count: dict[int, int] = {}             # entry -> its intervals that contain the current point
+    i = 0
+    for p in points:
+        while i < len(events) and events[i][0] <= p:
+            _, e, j = events[i]
+            heapq.heappush(active, (e, j))
+            count[j] = count.get(j, 0) + 1
+            i += 1
+        while active and active[0][0] < p:
+            _, j = heapq.heappop(active)
+            count[j] -= 1
+            if not count[j]:
+                del count[j]
+        out.append(sorted(count))
     return out
 
 
@@ -484,8 +559,8 @@ def _ilp(m: _OnChip, capacity: float, node_limit: int, max_groups: int = 4000) -
             u = new_var(max(main.latency_s, fast.latency_s) / unit)
             for j in bnd:
                 row([(u, 1.0), (j, -1.0)], 0.0, np.inf)
-    for p in _clique_points([iv for g in groups for iv in m.spans[g]]):
-        live_here = [(col[g], m.size[g] / capacity) for g in groups if any(s <= p <= e for s, e in m.spans[g])]
+    for live in _live_at(_clique_points([iv for g in groups for iv in m.spans[g]]), [m.spans[g] for g in groups]):
+        live_here = [(j, m.size[groups[j]] / capacity) for j in live]
         if sum(m.size[groups[j]] for j, _ in live_here) > capacity:
             row(live_here, -np.inf, 1.0)
     nvars = len(cost)
@@ -545,6 +620,10 @@ class Place:
         return frozenset({"memory.", "efficiency.", "compute.", "scale_up.", "scale_out."})
 
     def run(self, program, plan: Plan, target) -> Plan:
+        with paused_gc():     # a pass over every op: the collector's walks would grow with the program
+            return self._run(program, plan, target)
+
+    def _run(self, program, plan: Plan, target) -> Plan:
         kernels = kernel_order(program, plan)
         main = target.main_memory
         placement: dict[int, str] = {}

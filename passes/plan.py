@@ -62,6 +62,8 @@ class ExtraKernel:
     overlappable: bool = False
     link: str = ""             # a copy over this memory level's link (e.g. host offload): priced as
                                # ``work.bytes_accessed`` at that link's bandwidth, asynchronous like a collective
+    before_op: int | None = None   # the op that needs its result (-2: a program output; None: not said, the
+                                   # schedule infers it from the phase)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class Plan:
     live_ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None  # value -> (first op, last op) intervals
                                                         # it occupies memory over (set by remat / activation offload)
     recomputed_ops: frozenset[int] = frozenset()        # ops whose forward work runs again in the backward (remat)
+    boundaries: frozenset[tuple[int, int]] = frozenset()  # (value id, op id): a collective runs between the value
+                                                        # and that reader, which reads it from memory (no fusion)
     history: tuple[str, ...] = ()                       # passes applied, in order
     notes: tuple[str, ...] = ()
 

@@ -41,12 +41,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from explorer.costs import Work
 from explorer.graph import names
+from explorer.graph.gcpause import paused_gc
 from explorer.model import liveness, timing
 from explorer.model.memory import main_memory_liveness, recompute_reads
 from explorer.model.traffic import link_copy_time, traffic_by_level, transient_values
@@ -289,12 +290,28 @@ def jax_recomputed_ops(graph) -> tuple[int, ...]:
 
 
 # ----------------------------------------------------------------------------- pricing (plan + target)
+_OWNER_CACHE: dict[int, tuple[Any, dict[int, int]]] = {}
+
+
+def _owner_of(kernels) -> dict[int, int]:
+    """op -> index of its kernel, for the last few kernel tuples (asked once per layer and choice: building it each
+    time made ``remat{policy=auto}`` quadratic in the number of layers). Read only."""
+    hit = _OWNER_CACHE.get(id(kernels))
+    if hit is not None and hit[0] is kernels:
+        return hit[1]
+    owner = {o: i for i, k in enumerate(kernels) for o in k.ops}
+    while len(_OWNER_CACHE) >= 4:
+        _OWNER_CACHE.pop(next(iter(_OWNER_CACHE)))
+    _OWNER_CACHE[id(kernels)] = (kernels, owner)
+    return owner
+
+
 def recompute_kernels(program, plan: Plan, an: Analysis, choice: Choice) -> tuple[ExtraKernel, ...]:
     """One extra kernel per forward kernel whose ops are recomputed, priced as those ops fused."""
     if not choice.recompute:
         return ()
     kernels = kernels_of(program, plan)
-    owner = {o: i for i, k in enumerate(kernels) for o in k.ops}
+    owner = _owner_of(kernels)
     groups: dict[int, list[int]] = {}
     for o in choice.recompute:
         if o in owner:      # ops in no kernel are views or generators duplicated into their readers
@@ -408,6 +425,10 @@ class Remat:
         return frozenset({"memory.", "efficiency.", "compute.", "scale_up.", "scale_out."})
 
     def run(self, program, plan: Plan, target) -> Plan:
+        with paused_gc():     # a pass over every op: the collector's walks would grow with the program
+            return self._run(program, plan, target)
+
+    def _run(self, program, plan: Plan, target) -> Plan:
         if any(k.phase in ("recompute", "offload") for k in plan.extra_kernels):
             raise ValueError("remat already ran in this pipeline: its choices would be applied twice")
         an = analyse(program.graph, self.layers)
@@ -520,6 +541,19 @@ def _auto(program, plan: Plan, target, an: Analysis, budget: float, allow_offloa
     return [options[u][p] for u, p in assign.items()], note
 
 
+class _LazyDeltas(dict):
+    """``_Curves.delta``: (unit, policy) -> its change of the curve, computed on first use."""
+
+    def __init__(self, curves: "_Curves", options) -> None:
+        super().__init__()
+        self.curves, self.options = curves, options
+
+    def __missing__(self, key: tuple[str, str]) -> np.ndarray:
+        u, p = key
+        value = self[key] = self.curves._delta(live_ranges(self.curves.an, [self.options[u][p]]))
+        return value
+
+
 class _Curves:
     """Main-memory live bytes after each op under a per-unit policy assignment, fast enough for a greedy.
 
@@ -550,12 +584,16 @@ class _Curves:
                 for r in c.extend:
                     users.setdefault(r, set()).add(u)
         self.shared = frozenset(r for r, us in users.items() if len(us) > 1)
-        self.delta = {(u, p): self._delta(live_ranges(an, [c])) for u, opts in options.items() for p, c in opts.items()}
+        # per (unit, policy): the change its live ranges make, made when first asked for (a greedy that stops at the
+        # first assignment needs the "none" ones only, which are zeros without an array over the program each)
+        self.delta = _LazyDeltas(self, options)
         self._memo: dict[tuple, float] = {}
         self._at: dict[str, str] = {}          # the assignment ``_sum`` (base + its deltas) is for
         self._sum = self.base
 
     def _delta(self, ranges: Mapping[int, tuple[tuple[int, int], ...]], shared: bool = False) -> np.ndarray:
+        if not ranges:
+            return np.zeros(len(self.base))
         d = np.zeros(len(self.base) + 1)
         for r, ivs in ranges.items():
             if (r in self.shared) != shared:

@@ -5,6 +5,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from explorer.cli import main
 
@@ -71,7 +72,6 @@ def test_a_file_that_is_not_a_model_is_named_clearly():
 
 
 def test_set_values_are_checked_against_the_config():
-    import pytest
     from explorer.model_files import ModelFileError, load_program
 
     with pytest.raises(ModelFileError, match=r"gpt2_train.py: --set n_layers='abc': field 'n_layers' expects an int, got str 'abc'"):
@@ -99,3 +99,92 @@ def test_regress_outside_a_checkout_says_how_to_pass_dir(tmp_path):
     proc = _run("regress", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "no examples/regressions/cases.toml under the current directory" in proc.stderr and "--dir" in proc.stderr
+
+
+# -- the commands the README and docs/workflows.md give, run as written (issue 15) ----------------------------------
+def _doc_commands():
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmds = []
+    for doc in ("README.md", "docs/workflows.md"):
+        text = (root / doc).read_text()
+        for block in re.findall(r"```bash\n(.*?)\n```", text, flags=re.DOTALL):
+            # each command of a line (the quickstart's last one follows its venv setup after "&&")
+            for line in (part.strip() for row in block.splitlines() for part in row.split("&&")):
+                words = shlex.split(line, comments=True)
+                if words[:1] == ["explorer"]:
+                    words = words[1:]
+                elif words[:3] == ["python", "-m", "explorer"]:
+                    words = words[3:]
+                else:
+                    continue            # venv set-up, pip, pytest: tests/test_docs.py checks those
+                if "--update" in words or "path/to/my/regressions" in words:
+                    continue            # rewrites pinned files / a placeholder directory
+                if words == ["regress"]:
+                    continue            # every pinned case: tests/test_regress.py runs them
+                cmds.append((doc, line.split("#")[0].strip(), words))
+    return cmds
+
+
+def test_the_docs_have_commands_to_run():
+    cmds = [c for _, c, _ in _doc_commands()]
+    assert any(c.startswith("explorer show module.mlir") for c in cmds) and any("--plot" in c for c in cmds)
+    assert any(c.startswith("python -m explorer regress --case") for c in cmds)
+    assert any(c.endswith("--target mi300x") for c in cmds)            # the quickstart's own command
+
+
+def test_every_command_of_the_readme_and_docs_runs_as_written(tmp_path):
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "examples").symlink_to(root / "examples")          # the docs' relative paths resolve
+    lowered = jax.jit(lambda x, w: jnp.tanh(x @ w)).lower(jax.ShapeDtypeStruct((64, 128), jnp.float32),
+                                                          jax.ShapeDtypeStruct((128, 32), jnp.float32))
+    (tmp_path / "module.mlir").write_text(lowered.as_text())
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if not __import__("importlib").util.find_spec("matplotlib"):
+        pytest.skip("matplotlib is not installed (the --plot commands need it)")
+    for doc, line, words in _doc_commands():
+        proc = subprocess.run([sys.executable, "-m", "explorer", *words], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=600, check=False)
+        assert proc.returncode == 0, f"{doc}: `{line}` exits {proc.returncode}: {proc.stderr[-1500:]}"
+        assert proc.stdout.strip(), f"{doc}: `{line}` prints nothing"
+        if "--json" in words:
+            assert json.loads(proc.stdout)["seconds"] > 0
+        for opt in ("--plot", "--trace"):
+            if opt in words:
+                out = tmp_path / words[words.index(opt) + 1]
+                assert out.is_file() and out.stat().st_size > 0, (doc, line, opt)
+
+
+def _set_examples_in_the_readme():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.findall(r"`--set ([a-z_]\w*)=[^`]*`", text)        # not the KEY=VALUE placeholder
+
+
+def test_the_readme_has_a_set_example():
+    assert _set_examples_in_the_readme()
+
+
+def test_the_readmes_set_example_names_a_real_config_field():
+    import dataclasses
+    from pathlib import Path
+
+    from explorer.frontend.model_files import load_module
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    fields = set()
+    for path in sorted(examples.glob("*.py")):
+        config = getattr(load_module(path), "Config", None)
+        if dataclasses.is_dataclass(config):
+            fields |= {f.name for f in dataclasses.fields(config)}
+    assert "n_layers" in fields
+    for name in _set_examples_in_the_readme():
+        assert name in fields, name

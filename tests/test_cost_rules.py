@@ -179,3 +179,39 @@ def test_flops_agree_with_compiled_xla_on_the_examples_at_real_size(example):
     prog = explorer.lower(fn, *args)
     xla = prog.lowered.compile().cost_analysis()
     assert prog.flops == pytest.approx(xla["flops"], rel=0.05)
+
+
+def test_tpu_gather_index_custom_calls_are_priced_not_unknown():
+    """XLA:TPU's optimized modules wrap gather indices in two custom calls: a promise (free) and a packing pass
+    (one read and one write of the indices)."""
+    text = """
+    func.func @main(%idx: tensor<1024xi32>) -> tensor<1024xi32> {
+      %0 = stablehlo.custom_call @AssumeGatherIndicesInBound(%idx) : (tensor<1024xi32>) -> tensor<1024xi32>
+      %1 = stablehlo.custom_call @GatherScatterIndicesBitpacked(%0) : (tensor<1024xi32>) -> tensor<1024xi32>
+      return %1 : tensor<1024xi32>
+    }"""
+    prog = explorer.from_stablehlo(text)
+    assert prog.unknown_ops == {}
+    promise, packing = prog.works[0], prog.works[1]
+    assert not promise.launches_kernel and promise.bytes_accessed == 0
+    assert packing.launches_kernel and packing.bytes_accessed == 2 * 1024 * 4
+
+
+def test_library_calls_of_compiled_modules_are_priced_as_the_ops_they_replace():
+    """XLA's optimized modules call libraries for top_k and triangular solves; each is counted as the op."""
+    text = """
+    func.func @main(%x: tensor<32x32000xf32>, %a: tensor<256x256xf32>, %b: tensor<256x64xf32>)
+        -> (tensor<32x8xf32>, tensor<32x8xi32>, tensor<256x64xf32>, tensor<256x256xf32>, tensor<2x128x128xf32>) {
+      %v, %i = stablehlo.custom_call @"__gpu$TopK"(%x) : (tensor<32x32000xf32>) -> (tensor<32x8xf32>, tensor<32x8xi32>)
+      %s = stablehlo.custom_call @"__cublas$triangularSolve"(%a, %b) : (tensor<256x256xf32>, tensor<256x64xf32>) -> tensor<256x64xf32>
+      %c = stablehlo.custom_call @Cholesky(%a) : (tensor<256x256xf32>) -> tensor<256x256xf32>
+      %d = stablehlo.custom_call @InvertDiagBlocksLowerTriangular(%a) : (tensor<256x256xf32>) -> tensor<2x128x128xf32>
+      return %v, %i, %s, %c, %d : tensor<32x8xf32>, tensor<32x8xi32>, tensor<256x64xf32>, tensor<256x256xf32>, tensor<2x128x128xf32>
+    }"""
+    prog = explorer.from_stablehlo(text)
+    assert prog.unknown_ops == {}
+    top, trsm, chol, inv = (prog.works[i] for i in range(4))
+    assert top.vector_flops == 32 * 32000 * 4            # every element into a heap of depth log2(8 + 1) -> 4
+    assert trsm.vector_flops == 256 * 256 * 64           # m flops per element of b
+    assert chol.vector_flops == 256 ** 3 / 3
+    assert inv.vector_flops == 2 * 128 ** 3 / 3          # two 128 x 128 diagonal blocks

@@ -375,3 +375,105 @@ def test_recomputation_runs_in_every_microbatch(h100):
     assert b.stage_backward_s[0] - a.stage_backward_s[0] == pytest.approx(per_stage, rel=0.05)
     # the step grows by it in every slot of the schedule, (m + p - 1) times
     assert b.seconds - a.seconds == pytest.approx((m + p - 1) * per_stage, rel=0.1)
+
+
+# -- broadcasts and gradient reductions ----------------------------------------------------------------------
+
+def test_a_broadcast_is_made_in_the_layout_its_readers_read(h100):
+    """A scalar broadcast to a batch-split value's shape (a mask's fill value) is made per device, 1/8 of it, as XLA
+    makes broadcasts next to their readers: not the whole tensor on every device."""
+    from passes.sharding import shard_program
+
+    def step(params, batch):
+        x = batch["x"]
+        y = jnp.where(x > 0, x, jnp.full(x.shape, -1.0, x.dtype))
+        return (y @ params["w"]).sum()
+
+    prog = explorer.lower(step, {"w": S((D_IN, D_IN), jnp.float32)}, {"x": S((BATCH, D_IN), jnp.float32)})
+    res = shard_program(prog, h100, mesh="data=8", dp="data")
+    g = prog.graph
+    made = [r for op in g.ops if op.name == "stablehlo.broadcast_in_dim" for r in op.results
+            if g.values[r].shape == (BATCH, D_IN)]
+    assert made
+    for r in made:
+        assert res.value_bytes[r] == BATCH * D_IN * 4 / 8
+
+
+class _Row:
+    def __init__(self, name: str, phase: str):
+        self.name, self.phase, self.ops, self.layer = name, phase, (), "h_0/mlp"
+
+
+def test_gradient_reductions_over_data_and_other_axes_run_once_per_step():
+    """A reduction over a data axis is a weight gradient's (only contracting the batch leaves a sum over it): it is
+    accumulated over the microbatches and reduced once, also when the sum spans the sequence or model axis too. A
+    tensor-parallel activation reduction runs in every microbatch; under FSDP a gradient is reduce-scattered in every
+    microbatch at full size."""
+    from explorer.pricing.pipeline_parallel import _row_kind
+    assert _row_kind(_Row("reduce_scatter{data,model}", "backward"), ("data",)) == "step"
+    assert _row_kind(_Row("all_reduce{data,seq}", "backward"), ("data",)) == "step"
+    assert _row_kind(_Row("all_reduce{model}", "backward"), ("data",)) == "scaled"
+    assert _row_kind(_Row("all_gather{data,model}", "forward"), ("data",)) == "scaled"
+    assert _row_kind(_Row("all_gather{data}", "forward"), ("data",)) == "weights"
+    assert _row_kind(_Row("reduce_scatter{data}", "backward"), ("data",), fsdp=True) == "weights"
+
+
+def test_fp8_matmuls_run_forward_and_backward_in_8_bits():
+    """TransformerEngine's recipe in the validators' model builder: all three GEMMs of a matmul (forward, input
+    gradient, weight gradient) take 8-bit operands: 3 x 2 m n k matrix flops in f8, none in bf16, per matmul."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import training_models as tm
+
+    b, d = 8, 64
+
+    def loss(w, x):
+        return tm._fp8_dense("bd,de->be", x, w).astype(jnp.float32).sum()
+
+    prog = explorer.lower(jax.value_and_grad(loss, argnums=(0, 1)), S((d, d), BF), S((b, d), BF))
+    by = prog.flops_by_dtype()["matrix"]
+    assert by.get("f8E4M3FN", 0) == 3 * 2 * b * d * d
+    assert by.get("bf16", 0) == 0
+
+
+# -- the training validator ------------------------------------------------------------------------------------
+
+def test_the_training_validator_prices_a_megatron_row_within_its_closed_form_memory(tmp_path):
+    """``benchmarks/validate_training.py`` on the GPT-3 175B row of Narayanan et al. (TP 8, PP 12, DP 4, full
+    recompute): the first stage's state is 16 bytes per parameter of its 8 blocks and the embedding over t = 8, its
+    layer activations 2 s b h for each of the 96 layers' worth it holds (1F1B: 12 microbatches of 8 layers); both
+    within 10%, and the run fits 80 GB. A row on hardware without a preset and a row without a step time are listed
+    with the reason; nothing stops the run."""
+    import csv
+    import importlib
+    import json
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    vt = importlib.import_module("validate_training")
+    rows = vt.read_rows(None, ["train_step"])
+    keep = [r for r in rows if r["case_id"] == "train_megatron_t2_ptdp_174.6B_384gpu"]
+    gb200 = next(r for r in rows if "GB200" in r["hardware"])
+    no_step = {**keep[0], "case_id": "no_step", "derived_step_time_s": ""}
+    cases = tmp_path / "cases.csv"
+    with cases.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(keep[0]))
+        w.writeheader()
+        w.writerows([*keep, gb200, no_step])
+    out = tmp_path / "out.json"
+    vt.main(["--cases", str(cases), "--json", str(out)])
+    doc = json.loads(out.read_text())
+    (row,) = doc["rows"]
+    s, h, L, t, p = 2048, 12288, 96, 8, 12
+    assert row["activations_vs_closed_form"] == pytest.approx(row["first_stage"]["layer_activations"]
+                                                              / (2 * s * 1 * h * L) - 1, abs=1e-9)
+    assert abs(row["activations_vs_closed_form"]) <= 0.10 and abs(row["state_vs_closed_form"]) <= 0.10
+    block = 12 * h * h + 4 * h                                    # q, k, v, o: 4 h^2; MLP: 8 h^2; 2 LayerNorms
+    embed = 51200 * h + s * h
+    assert row["closed_form"]["params_on_stage"] == pytest.approx((block * L / p + embed) / t, rel=0.01)
+    assert row["fits"] and row["memory_per_device_bytes"] <= 80e9
+    assert row["plan"]["tp"] == t and row["plan"]["pp"] == p and row["plan"]["microbatches"] == 1536 // 4
+    reasons = {x["case"]: x["reason"] for x in doc["not_priced"]}
+    assert "no preset" in reasons[gb200["case_id"]] and "no step time" in reasons["no_step"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,7 @@ def test_every_python_snippet_runs_as_written(doc, small_step, tmp_path, monkeyp
 
     import explorer
     import hw_targets
+    from explorer.workflows.sweep import SweepWarning
 
     train_step, args = small_step
     (tmp_path / "examples").symlink_to(ROOT / "examples")         # relative paths in the snippets resolve
@@ -81,7 +83,9 @@ def test_every_python_snippet_runs_as_written(doc, small_step, tmp_path, monkeyp
         if "compiler=\"xla\"" in code and not _has_gpu_plugin():
             continue   # needs the xla-gpu extra (CI installs it)
         try:
-            exec(compile(code, f"{doc}:{line}", "exec"), namespace)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", SweepWarning)     # a snippet that misleads its reader fails
+                exec(compile(code, f"{doc}:{line}", "exec"), namespace)
         except Exception as exc:
             raise AssertionError(f"{doc}, the snippet at line {line} fails: {type(exc).__name__}: {exc}") from exc
 

@@ -381,3 +381,25 @@ def test_top_k_and_approx_max_k_of_a_split_batch_need_no_gather():
     for o in picks:
         assert all(res.specs[v] == Spec((("data",), ())) for v in o.results)
     assert [(c.kind, c.payload_bytes) for c in res.collectives] == [("all_reduce", 4.0)]     # the scalar sum only
+
+
+# -- 6. fuse{forbid=...} / fuse{force=...} of edges that do not exist --------------------------------------
+
+def _tanh_matmul():
+    return explorer.lower(lambda a, b: jnp.tanh(a @ b) + 1.0, S((64, 128), jnp.float32), S((128, 64), jnp.float32))
+
+
+def test_the_overridden_edges_really_do_not_exist():
+    prog = _tanh_matmul()
+    graph = prog.graph
+    assert prog.num_ops < 999999                                         # no op 999999
+    made_by = {r: op.id for op in graph.ops for r in op.results}
+    assert 2 not in {made_by.get(v) for v in graph.ops[0].operands}     # op 0 reads nothing op 2 makes
+
+
+@pytest.mark.parametrize("strategy", ["aggressive", "xla"])
+@pytest.mark.parametrize("option, edge", [("forbid", "1>999999"), ("force", "2>0")])
+def test_an_override_of_an_edge_that_does_not_exist_is_noted(strategy, option, edge):
+    est = explorer.estimate(_tanh_matmul(), "h100_sxm", pipeline=f"fuse{{strategy={strategy},{option}={edge}}}")
+    notes = [note for note in est.plan_notes if edge in note]
+    assert notes and option in notes[0], est.plan_notes

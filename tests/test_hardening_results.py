@@ -204,3 +204,18 @@ def test_units_helpers():
     assert units.knob_unit("memory.hbm.capacity_bytes") == "B"
     assert units.knob_unit("scale_up.latency_s") == "s"
     assert units.knob_unit("tdp_w") == "W"
+
+
+def _readme_pareto_snippets():
+    text = (GPT2.parent.parent / "README.md").read_text()
+    return [code for code in re.findall(r"```python\n(.*?)\n```", text, flags=re.DOTALL) if 'pareto(cost="tdp_w")' in code]
+
+
+def test_the_readme_shows_a_pareto_front_over_tdp():
+    assert _readme_pareto_snippets()
+
+
+def test_the_readmes_pareto_front_is_over_a_cost_its_grid_varies():
+    for code in _readme_pareto_snippets():
+        grid_text = code.split("explorer.sweep(", 1)[1].split(")", 1)[0]
+        assert '"tdp_w"' in grid_text or "'tdp_w'" in grid_text, code

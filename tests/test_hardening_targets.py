@@ -104,13 +104,34 @@ def test_values_outside_their_physical_range_name_file_field_value_and_range(tmp
         hw_targets.load(variant_file(tmp_path, old, new, preset))
 
 
-def test_the_same_ranges_hold_for_replace(h100):
-    with pytest.raises(TargetError, match=r"field 'memory\[2\].capacity_bytes' must be in \[1000, 1e\+16\] B, got 1e\+30"):
+def test_the_same_ranges_hold_for_replace(h100, prog):
+    # replace names the target and the knob as the user wrote it, not the preset file's field (the file is fine)
+    with pytest.raises(TargetError) as info:
         h100.replace(**{"memory.hbm.capacity_bytes": 1e30})
-    with pytest.raises(TargetError, match=r"compute.clock_hz' must be in .* got 1.83"):
+    msg = str(info.value)
+    assert msg.startswith("h100_sxm: knob 'memory.hbm.capacity_bytes' must be in [1000, 1e+16] B, got 1e+30")
+    assert ".toml" not in msg and "memory[2]" not in msg
+    with pytest.raises(TargetError, match=r"h100_sxm: knob 'compute.clock_hz' must be in .* got 1.83 .*informational"):
         h100.replace(**{"compute.clock_hz": 1.83})
-    with pytest.raises(TargetError, match=r"compute.matrix_units' must be in \[1, 1e\+07\] units, got 9007199254740993"):
+    with pytest.raises(TargetError, match=r"knob 'compute.matrix_units' must be in \[1, 1e\+07\] units, got 9007199254740993"):
         h100.replace(**{"compute.matrix_units": 9007199254740993})
+    with pytest.raises(TargetError, match=r"h100_sxm: knob 'memory.hbm.bandwidth_bytes_per_s' must be > 0, got -1.0"):
+        h100.replace(**{"memory.hbm.bandwidth_bytes_per_s": -1})
+    with pytest.raises(TargetError, match=r"knob 'memory.hbm.bandwidth_bytes_per_s' must be in \[1e\+06, 1e\+18\] B/s, got 3.35"):
+        explorer.sweep(prog, h100, {"memory.hbm.bandwidth_bytes_per_s": [3.35e12, 3.35]})
+
+
+def test_a_network_of_topology_none_keeps_its_zero_bandwidth_through_replace(tmp_path):
+    # no scale-out network at all: 0 B/s is its bandwidth (a file may say so, and so may replace)
+    text = (PRESETS / "h100_sxm.toml").read_text().replace('topology = "fat_tree"', 'topology = "none"', 1)
+    text = text.replace("link_bandwidth_bytes_per_s = 50e9", "link_bandwidth_bytes_per_s = 0", 1)
+    path = tmp_path / "lonely.toml"
+    path.write_text(text)
+    t = hw_targets.load(path)
+    assert t.scale_out.link_bandwidth_bytes_per_s == 0
+    assert t.replace(**{"scale_out.chip_bandwidth_bytes_per_s": 0}).scale_out.chip_bandwidth_bytes_per_s == 0
+    with pytest.raises(TargetError, match=r"knob 'scale_up.chip_bandwidth_bytes_per_s' must be > 0"):
+        t.replace(**{"scale_up.chip_bandwidth_bytes_per_s": 0})    # the NVLink switch is a real network
 
 
 def test_a_chip_100x_beyond_todays_and_every_sensitivity_or_sweep_step_stays_valid():
@@ -133,6 +154,15 @@ def test_a_chip_100x_beyond_todays_and_every_sensitivity_or_sweep_step_stays_val
                     t.replace(**{k: x})
                 else:       # only fractions at their top (efficiency 1.0 x 1.01) may leave the range
                     assert r.hi == 1 and f > 1, (name, k, x)
+
+
+def test_every_knob_of_every_preset_has_a_physical_range():
+    for name in hw_targets.names():
+        t = hw_targets.load(name)
+        for knob, value in t.knobs().items():
+            r = range_of(knob)
+            assert r is not None, (name, knob)
+            assert r.contains(value) or (value == 0 and knob.endswith("bandwidth_bytes_per_s")), (name, knob, value)
 
 
 def test_one_range_table_in_schema():
@@ -212,3 +242,23 @@ def test_sweeps_stay_bit_identical_with_named_variants(prog, h100):
     for row in res.rows():
         t = h100.replace(**{k: row[k] for k in grid})
         assert float(row["seconds"]).hex() == explorer.estimate(prog, t).seconds.hex()
+
+
+# -- 6. a pathlib.Path is a target as a str path is ----------------------------------------------------
+def test_load_takes_a_path_object(tmp_path):
+    path = variant_file(tmp_path, 'name = "h100_sxm"', 'name = "my_chip"', name="chip.toml")
+    assert hw_targets.load(path) == hw_targets.load(str(path))
+    assert hw_targets.load(path).name == "my_chip"
+
+
+@pytest.mark.parametrize("call", ["estimate", "compare", "sweep", "sensitivity"])
+def test_a_path_object_target_works_everywhere_a_path_string_does(prog, call):
+    path = PRESETS / "h100_sxm.toml"
+    if call == "estimate":
+        assert explorer.estimate(prog, path).seconds == explorer.estimate(prog, str(path)).seconds
+    elif call == "compare":
+        assert [r["target"] for r in explorer.compare(prog, [path]).rows()] == ["h100_sxm"]
+    elif call == "sweep":
+        assert len(explorer.sweep(prog, path, {"tdp_w": [600, 700]}).rows()) == 2
+    else:
+        assert explorer.sensitivity(prog, path, knobs=["memory.hbm.bandwidth_bytes_per_s"]).knobs

@@ -319,3 +319,18 @@ def test_price_pipeline_of_one_stage_is_the_estimate(gpt):
     assert two.p2p_bytes == 4 * 64 * 64 * 2 / 1           # a [batch, seq, d_model] bf16 residual crosses each boundary
     assert two.bubble_fraction > 0 and two.memory_per_device_bytes < one.memory_per_device_bytes * 8
     assert block_of("GPT2/h_3/mlp") == 3 and block_of("GPT2/ln_f") is None
+
+
+def test_a_sum_kept_split_over_some_of_its_axes_is_reduce_scattered_before_the_rest_is_all_reduced():
+    """A gradient summed over data x fsdp and stored split over fsdp: the reduce-scatter over fsdp comes first and
+    the all-reduce over data moves only the 1/fsdp shard (XLA's decomposition), not the whole tensor."""
+    from passes.sharding.reshard import reshard
+    from passes.sharding.spec import Spec
+    from passes.sharding.strategies import parse_mesh_text
+
+    mesh = parse_mesh_text("data=4.fsdp=2")
+    whole = 8 * 16 * 4
+    steps = reshard((8, 16), 4, Spec(((), ()), ("data", "fsdp")), Spec((("fsdp",), ())), mesh)
+    assert [(s.kind, s.axes) for s in steps] == [("reduce_scatter", ("fsdp",)), ("all_reduce", ("data",))]
+    assert steps[0].payload_bytes == whole and steps[0].out_bytes == whole / 2
+    assert steps[1].payload_bytes == whole / 2

@@ -96,6 +96,13 @@ def test_compiled_strategy_needs_a_compiled_module():
         explorer.estimate(prog, "h100_sxm", pipeline="fuse{strategy=compiled}")
 
 
+@pytest.mark.parametrize("strategy", ["xla", "aggressive", "none"])
+def test_our_fusion_strategies_refuse_a_compiled_module_by_name(strategy):
+    prog, _ = fixture("xla_gpu_block")
+    with pytest.raises(Exception, match=rf"fuse{{strategy={strategy}}}: .* compiled module .*fuse{{strategy=compiled}}"):
+        explorer.estimate(prog, "h100_sxm", pipeline=f"fuse{{strategy={strategy}}}")
+
+
 def test_gpu_target_config_is_the_target_itself():
     h100 = hw_targets.load("h100_sxm")
     text = xla.gpu_target_config(h100)

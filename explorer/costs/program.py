@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..graph.gcpause import paused_gc
 from ..graph.ir import Graph, LoopInfo
 from .registry import find_rule, rule_key
 from .work import Work
@@ -49,6 +50,11 @@ class Program:
     @classmethod
     def from_graph(cls, graph: Graph, trip_counts: Mapping[int, int] | None = None, lowered: Any = None,
                    origin: Mapping[str, Any] | None = None) -> "Program":
+        with paused_gc():
+            return cls._from_graph(graph, trip_counts, lowered, origin)
+
+    @classmethod
+    def _from_graph(cls, graph: Graph, trip_counts, lowered, origin) -> "Program":
         works: list[Work | None] = []
         unknown: Counter[str] = Counter()
         for op in graph.ops:

@@ -31,8 +31,9 @@ import numpy as np
 from jax.extend.mlir import deserialize_portable_artifact, ir
 from jax.extend.mlir.dialects import stablehlo as shlo
 
-from .ir import Frame, Graph, LoopInfo, Op, TensorType, freeze
+from .ir import Frame, Graph, LoopInfo, Op, TensorType, freeze, new_op
 from . import loops
+from .gcpause import paused_gc
 
 # Ops whose regions are per-element scalar computations (not imported as ops).
 _APPLIED_REGION_OPS = frozenset({
@@ -319,17 +320,36 @@ def attr_to_py(name: str, attr: Any) -> Any:
     return str(attr)
 
 
-def op_attrs(op: Any) -> dict[str, Any]:
-    """An op's attributes as plain Python (``attr_to_py``). An attribute the MLIR bindings cannot even
-    hand over (a dense constant of complex numbers raises ``TypeError`` on access) is kept as ``None``."""
+def op_attrs(op: Any, cache: dict | None = None) -> dict[str, Any]:
+    """An op's attributes as plain Python (``attr_to_py``), each value already frozen (``freeze``). An attribute
+    the MLIR bindings cannot even hand over (a dense constant of complex numbers raises ``TypeError`` on access)
+    is kept as ``None``. ``cache``: (name, attribute) -> value, shared over a module (MLIR attributes are uniqued
+    in their context, so the same dimension numbers or broadcast dimensions are converted once)."""
     attrs: dict[str, Any] = {}
-    for key in op.attributes:
+    amap = op.attributes
+    try:
+        items = amap.items()
+    except TypeError:
+        items = None
+    if items is None:
+        for key in amap:
+            try:
+                attr = amap[key]
+            except TypeError:
+                attrs[key] = None
+                continue
+            attrs[key] = freeze(attr_to_py(key, attr))
+        return attrs
+    if cache is None:
+        for key, attr in items:
+            attrs[key] = freeze(attr_to_py(key, attr))
+        return attrs
+    for key, attr in items:
+        ck = (key, attr)
         try:
-            attr = op.attributes[key]
-        except TypeError:
-            attrs[key] = None
-            continue
-        attrs[key] = attr_to_py(key, attr)
+            attrs[key] = cache[ck]
+        except KeyError:
+            attrs[key] = cache[ck] = freeze(attr_to_py(key, attr))
     return attrs
 
 
@@ -375,6 +395,8 @@ class _Importer:
         self.loops: list[LoopInfo] = []
         self.escaping: set[int] = set()
         self.types: dict[Any, TensorType] = {}   # ir.Type -> TensorType (types repeat a lot)
+        self.flat_tuples: dict[Any, bool] = {}    # ir.Type -> whether it is a flat tuple (``_flat_tuple``)
+        self.attr_cache: dict[tuple[str, Any], Any] = {}   # (name, ir.Attribute) -> frozen value (``op_attrs``)
         self.tuple_parts: dict[int, list[int]] = {}   # a tuple result's value -> its elements' values
         self.async_values: dict[Any, list[int]] = {}   # an async start's future -> the values its done returns
         self.depth = 0
@@ -515,7 +537,7 @@ class _Importer:
         which its done's results then stand for."""
         name = op.name
         operands = tuple(self.lookup(env, v, name) for v in op.operands)
-        attrs = op_attrs(op)
+        attrs = op_attrs(op, self.attr_cache)
         oid = len(self.ops)
         self.ops.append(None)  # reserve the id so the region's ops come after it
         regions: list[tuple[int, ...]] = []
@@ -548,10 +570,25 @@ class _Importer:
 
     def import_op(self, op: Any, env: dict, stack: str, frames: tuple[Frame, ...]) -> int:
         name = op.name
-        operands = tuple(self.lookup(env, v, name) for v in op.operands)
+        try:
+            operands = tuple([env[v] for v in op.operands])
+        except KeyError:
+            operands = tuple(self.lookup(env, v, name) for v in op.operands)
         results: list[int] = []
+        values, types, flat = self.values, self.types, self.flat_tuples
         for r in op.results:
-            if _flat_tuple(r.type):
+            t = r.type
+            is_tuple = flat.get(t)
+            if is_tuple is None:
+                is_tuple = flat[t] = _flat_tuple(t)
+            if not is_tuple:
+                tt = types.get(t)
+                if tt is None:
+                    tt = types[t] = tensor_type(t)
+                values.append(tt)
+                env[r] = vid = len(values) - 1
+                results.append(vid)
+            else:
                 # a tuple result (a compiler's custom call returns (output, scratch)): its elements are the
                 # op's results, in order, then a zero-byte value standing for the tuple itself
                 parts = self.tuple_parts_of(r.type)
@@ -559,11 +596,8 @@ class _Importer:
                 env[r] = self.new_value(r.type)
                 self.tuple_parts[env[r]] = parts
                 results.append(env[r])
-            else:
-                env[r] = self.new_value(r.type)
-                results.append(env[r])
         results = tuple(results)
-        attrs = op_attrs(op)
+        attrs = op_attrs(op, self.attr_cache)
         oid = len(self.ops)
         self.ops.append(None)  # reserve the id so nested ops come after their parent
         for vid in results:
@@ -594,10 +628,8 @@ class _Importer:
                         inner_env[a] = self.new_value(a.type)
                     direct, _ = self.walk_block(blk, inner_env, stack, frames)
                     regions.append(tuple(direct))
-        self.ops[oid] = Op(
-            id=oid, name=name, operands=operands, results=results, attrs=freeze(attrs),
-            name_stack=stack, frames=frames, regions=tuple(regions), body_flops=body_flops,
-        )
+        self.ops[oid] = new_op(oid, name, operands, results, MappingProxyType(attrs), stack, frames, tuple(regions),
+                               body_flops)
         return oid
 
     def import_while(self, op: Any, oid: int, operands: tuple[int, ...], env: dict, stack: str,
@@ -666,4 +698,5 @@ def import_module(module: Any, name: str = "") -> Graph:
             name = module.operation.attributes["sym_name"].value
         except Exception:
             name = "module"
-    return _Importer(module, name).run()
+    with paused_gc():
+        return _Importer(module, name).run()

@@ -85,6 +85,20 @@ class Op:
         return self.name.split(".", 1)[-1]
 
 
+_OP_NEW = object.__new__
+
+
+def new_op(id: int, name: str, operands: tuple[int, ...], results: tuple[int, ...], attrs: Mapping[str, Any],
+           name_stack: str, frames: tuple[Frame, ...] = (), regions: tuple[tuple[int, ...], ...] = (),
+           body_flops: float = 0.0) -> Op:
+    """``Op(...)`` with the same fields, without the frozen dataclass's per-field ``object.__setattr__`` (the
+    importer makes one per op: a tenth of its time on a train step)."""
+    op = _OP_NEW(Op)
+    op.__dict__.update(id=id, name=name, operands=operands, results=results, attrs=attrs, name_stack=name_stack,
+                       frames=frames, regions=regions, body_flops=body_flops)
+    return op
+
+
 @dataclass(frozen=True)
 class LoopInfo:
     """A ``stablehlo.while`` loop and what the importer could infer about it."""
@@ -93,6 +107,17 @@ class LoopInfo:
     name_stack: str
     trip_count: int | None        # None: could not be inferred
     reason: str                   # how it was inferred, or why not
+
+
+class ValueIds(tuple):
+    """A tuple of value ids whose ``in`` is a set lookup (a program's outputs are checked per value in every pass:
+    a scan of the tuple made those passes quadratic in the number of layers). Otherwise a plain tuple."""
+
+    def __contains__(self, v: Any) -> bool:
+        s = self.__dict__.get("_set")
+        if s is None:
+            s = self.__dict__["_set"] = frozenset(tuple.__iter__(self))
+        return v in s
 
 
 @dataclass(frozen=True)
@@ -111,6 +136,10 @@ class Graph:
     output_attrs: tuple[Mapping[str, str], ...] = ()
     meshes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # sdy.mesh name -> MLIR text   # values returned from a loop/branch region (read by the next iteration or the parent)
     producers: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if type(self.outputs) is not ValueIds:
+            object.__setattr__(self, "outputs", ValueIds(self.outputs))
 
     def __repr__(self) -> str:
         # short: the default dataclass repr prints every op and value (megabytes on a train step)

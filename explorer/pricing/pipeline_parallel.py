@@ -164,7 +164,9 @@ def price_pipeline(estimate, target: Any, stages: int, microbatches: int, schedu
     - ``step_axes``: data-parallel mesh axes. Inserted reductions over them (gradient all-reduce /
       reduce-scatter) run once per step, after the flush, unless the parameters are sharded over them (FSDP /
       ZeRO-3: a gradient is reduce-scattered in every microbatch, at full size); gathers over them (FSDP weights)
-      run once per microbatch at full size (``microbatch_scale`` does not shrink a weight).
+      run once per microbatch at full size (``microbatch_scale`` does not shrink a weight). A reduction over a
+      data-parallel axis and others (a gradient partial over ``data`` and ``seq`` or ``model``) is a gradient's too,
+      accumulated over the microbatches and reduced once.
 
     Recomputation (``remat``'s ``recompute`` kernels) runs in every microbatch's backward pass. Once-per-step work
     (optimizer, gradient reductions) is split by the block it belongs to (its layer, or the parameters it
@@ -283,12 +285,29 @@ def _update_owner(program) -> dict[int, str]:
         elif keys:
             low = "/".join(keys).lower()
             side_of_input[v] = "first" if any(s in low for s in _EMBED) else "last"
+    # an op that reads no state argument takes the side of what it reads: a gradient made in a block's backward
+    # pass, or a value an owned op made (the scaled gradient an update reads after its all-reduce, when the
+    # update is a kernel of its own)
+    made_by = {r: op.id for op in graph.ops for r in op.results}
     out: dict[int, str] = {}
     for op in graph.ops:
         for v in op.operands:
             side = side_of_input.get(v)
             if side is not None:
                 out.setdefault(op.id, side)
+        if op.id in out:
+            continue
+        sides = set()
+        for v in op.operands:
+            p = made_by.get(v)
+            if p is None:
+                continue
+            if p in out:
+                sides.add(out[p])
+            elif block_of(names.parse(graph.ops[p].name_stack)[1]) is not None:
+                sides.add("block")
+        if sides:
+            out[op.id] = "block" if "block" in sides else sorted(sides)[0]
     program.__dict__["_update_owner"] = out
     return out
 
@@ -310,11 +329,15 @@ def _row_kind(k, step_axes: tuple[str, ...], fsdp: bool = False) -> str:
     them, or under FSDP the reduce-scatter of a gradient (once per microbatch, full size); "scaled": everything
     else (per microbatch, sized by it)."""
     kind, axes = _collective(k)
-    if not kind or not axes or not set(axes) <= set(step_axes):
+    if not kind or not axes or not set(axes) & set(step_axes):
         return "scaled"
     if kind in ("all_reduce", "reduce_scatter") and k.phase in ("backward", "optimizer", "other"):
+        # a partial sum over a data-parallel axis comes from contracting the batch: a weight gradient. Partial sums
+        # add, so the gradient buffer accumulates them over the microbatches and reduces once, after the flush,
+        # over all of its axes (a tensor- or context-parallel axis with them: Megatron all-reduces gradients over
+        # dp x cp, and a weight gradient left partial over the sequence-parallel axis adds the same way)
         return "weights" if fsdp and kind == "reduce_scatter" and k.phase == "backward" else "step"
-    if kind == "all_gather":
+    if kind == "all_gather" and set(axes) <= set(step_axes):
         return "weights"
     return "scaled"
 

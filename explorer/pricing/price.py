@@ -8,6 +8,7 @@ plan (``explorer.model.memory``).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ from passes.plan import Plan
 
 from ..costs import Program
 from ..graph import names
+from ..graph.gcpause import paused_gc
 from ..model import schedule, timing
 from ..model.memory import level_peaks, main_memory_liveness
 from ..model.traffic import link_copy_time, traffic_by_level, transfer_time
@@ -37,13 +39,14 @@ def estimate(program: Program, target: Any, pipeline: str | Sequence[Any] | None
 
     **Returns** an ``Estimate``.
     """
-    if isinstance(target, str):
+    if isinstance(target, (str, os.PathLike)):      # a preset name or a TOML path
         target = hw_targets.load(target)
     if pipeline == "default":
         pipeline = pl.default_pipeline(program)
     passes = pl.resolve(pipeline or None)
-    plan = pl.run(passes, program, target)
-    return price(program, target, plan, pipeline_text=pl.to_text(passes), strict=strict)
+    with paused_gc():
+        plan = pl.run(passes, program, target)
+        return price(program, target, plan, pipeline_text=pl.to_text(passes), strict=strict)
 
 
 def check_known(program: Program) -> None:
@@ -119,6 +122,49 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
     graph = program.graph
     kernels = kernels_of(program, plan)
     items = priced_items(program, plan)
+    rows, total_flops, total_trans, total_bytes = _rows(program, target, plan, items)
+    timeline = _timeline(program, target, plan, items, rows)
+    live = main_memory_liveness(program, plan, kernels)
+    peaks = {target.main_memory.name: live.peak_bytes, **level_peaks(program, plan, kernels)}
+    return Estimate(
+        program=graph.name, target=target.name, pipeline=pipeline_text, kernels=tuple(rows), flops=total_flops,
+        transcendentals=total_trans, bytes_accessed=total_bytes, peak_memory_bytes=live.peak_bytes,
+        memory_capacity_bytes=target.main_memory.capacity_bytes,
+        memory_peaks=tuple(sorted(peaks.items())),
+        memory_capacities=tuple((lvl, target.memory_level(lvl).capacity_bytes) for lvl, _ in sorted(peaks.items())),
+        live_at_peak=tuple((t.producer, t.nbytes) for t in live.live_at_peak),
+        unknown_ops=program.unknown_ops,
+        unknown_loops=tuple(f"{lp.name_stack} ({lp.reason})" for lp in program.unknown_loops),
+        peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes + timeline.notes,
+        _program=program, _plan=plan, timeline=timeline)
+
+
+def step_seconds(program: Program, target: Any, pipeline: str | Sequence[Any] | None = "default") -> float:
+    """``estimate(program, target, pipeline).seconds``, bit for bit, without what only the rest of an ``Estimate``
+    needs (memory peaks, totals): for workflows that rank many pipelines by step time (``fusion_decisions``)."""
+    if isinstance(target, (str, os.PathLike)):      # a preset name or a TOML path
+        target = hw_targets.load(target)
+    if pipeline == "default":
+        pipeline = pl.default_pipeline(program)
+    passes = pl.resolve(pipeline or None)
+    with paused_gc():
+        plan = pl.run(passes, program, target)
+        items = priced_items(program, plan)
+        rows = _rows(program, target, plan, items)[0]
+        return float(_timeline(program, target, plan, items, rows).seconds)
+
+
+def _timeline(program: Program, target, plan: Plan, items: Sequence[PricedItem], rows: Sequence[KernelRow]):
+    g = step_graph(program, plan, items, target)
+    return schedule.run(
+        g, [timing._max(timing._max(r.compute_s, r.memory_s), r.comm_s) for r in rows], [r.overhead_s for r in rows],
+        [_bucket(r, it) for r, it in zip(rows, items)], target.launch_overhead_s, target.launch_mode)
+
+
+def _rows(program: Program, target, plan: Plan, items: Sequence[PricedItem]) -> tuple[list[KernelRow], float, float, float]:
+    """Every item timed by the cost model (phases marked), and the program's flops, transcendentals and bytes."""
+    graph = program.graph
+    memo = _kernel_memo(target)
     rows: list[KernelRow] = []
     total_flops = total_trans = total_bytes = 0.0
     counted: set[int] = set()
@@ -129,7 +175,14 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
             kern, works = it.kernel, it.works
             own = [w for w in (plan.work(program, o) for o in kern.priced_ops if o not in counted) if w is not None]
             counted.update(kern.priced_ops)
-            t = timing.kernel_time(target, works, traffic_by_level(target, plan.placement, kern))
+            traffic = traffic_by_level(target, plan.placement, kern)
+            key = (tuple(map(id, works)), tuple(traffic.items()))
+            hit = memo.get(key)
+            if hit is None:
+                t = timing.kernel_time(target, works, traffic)
+                memo[key] = (works, t)       # the works kept: their ids stay theirs while the entry lives
+            else:
+                t = hit[1]
             label = it.prim or graph.ops[it.lead].short_name
             if len(kern.ops) > 1:
                 label = f"fusion[{label}+{len(kern.ops) - 1}]"
@@ -164,24 +217,24 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
                 flops=0.0, transcendentals=0.0, bytes_moved=it.nbytes, collective_bytes=0.0, compute_s=0.0,
                 memory_s=t.memory_s, comm_s=0.0, overhead_s=0.0, bound="memory"))
             total_bytes += it.nbytes
-    rows = _mark_phases(rows)
-    g = step_graph(program, plan, items, target)
-    timeline = schedule.run(
-        g, [timing._max(timing._max(r.compute_s, r.memory_s), r.comm_s) for r in rows], [r.overhead_s for r in rows],
-        [_bucket(r, it) for r, it in zip(rows, items)], target.launch_overhead_s, target.launch_mode)
-    live = main_memory_liveness(program, plan, kernels)
-    peaks = {target.main_memory.name: live.peak_bytes, **level_peaks(program, plan, kernels)}
-    return Estimate(
-        program=graph.name, target=target.name, pipeline=pipeline_text, kernels=tuple(rows), flops=total_flops,
-        transcendentals=total_trans, bytes_accessed=total_bytes, peak_memory_bytes=live.peak_bytes,
-        memory_capacity_bytes=target.main_memory.capacity_bytes,
-        memory_peaks=tuple(sorted(peaks.items())),
-        memory_capacities=tuple((lvl, target.memory_level(lvl).capacity_bytes) for lvl, _ in sorted(peaks.items())),
-        live_at_peak=tuple((t.producer, t.nbytes) for t in live.live_at_peak),
-        unknown_ops=program.unknown_ops,
-        unknown_loops=tuple(f"{lp.name_stack} ({lp.reason})" for lp in program.unknown_loops),
-        peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes + timeline.notes,
-        _program=program, _plan=plan, timeline=timeline)
+    return _mark_phases(rows), total_flops, total_trans, total_bytes
+
+
+_KERNEL_MEMO: dict[int, tuple[Any, dict]] = {}
+
+
+def _kernel_memo(target) -> dict:
+    """(ids of a kernel's works, its traffic per level) -> (works, ``timing.kernel_time``) on ``target``, for the last
+    two targets: a workflow re-pricing plans that differ in a few kernels (``fusion_decisions``, pipelines compared on
+    one target) times each distinct kernel once. The same inputs give the same time: results do not change."""
+    hit = _KERNEL_MEMO.get(id(target))
+    if hit is not None and hit[0] is target and len(hit[1]) < 50_000:
+        return hit[1]
+    while len(_KERNEL_MEMO) >= 2:
+        _KERNEL_MEMO.pop(next(iter(_KERNEL_MEMO)))
+    memo: dict = {}
+    _KERNEL_MEMO[id(target)] = (target, memo)
+    return memo
 
 
 def _bucket(r: KernelRow, it: PricedItem) -> int:

@@ -16,7 +16,7 @@ from passes import pipeline as pl
 from passes.fusion import Fuse
 
 from ..graph import names
-from ..pricing.price import estimate
+from ..pricing.price import estimate, step_seconds
 from ..report.units import fmt_bytes, fmt_seconds
 
 
@@ -87,7 +87,7 @@ def fusion_decisions(program, target, pipeline: str | list = "fuse{strategy=xla}
 
     out = []
     for p, c in sorted(edges, key=lambda e: (-score(e), e))[:top]:
-        t = estimate(program, target, pipeline=with_fusion_edges(passes, forbid=[(p, c)])).seconds
+        t = step_seconds(program, target, pipeline=with_fusion_edges(passes, forbid=[(p, c)]))
         out.append(FusionDecision(
             producer=p, consumer=c, producer_op=graph.ops[p].short_name, consumer_op=graph.ops[c].short_name,
             layer=names.parse(graph.ops[c].name_stack)[1], bytes_kept_on_chip=2 * intermediate(p, c) * program.weights[p],

@@ -22,6 +22,7 @@ ignores the lower efficiency of small matmuls: lower the program at the microbat
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -124,7 +125,7 @@ def search_sharding(program, target: Any, chips: int, *, stages: Sequence[int] =
 
     **Returns** a ``SearchResult``: ``best`` (None when nothing fits), ``rows``, ``table()``.
     """
-    if isinstance(target, str):
+    if isinstance(target, (str, os.PathLike)):      # a preset name or a TOML path
         target = hw_targets.load(target)
     if not isinstance(chips, int) or chips < 1:
         raise ValueError(f"chips must be a positive int, got {chips!r}")

@@ -280,7 +280,7 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     """
     if backend not in BACKENDS:
         raise SweepError(f"sweep: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if isinstance(base_target, str):
+    if isinstance(base_target, (str, os.PathLike)):      # a preset name or a TOML path
         base_target = hw_targets.load(base_target)
     if strict:
         check_known(program)

@@ -43,7 +43,7 @@ from ..plan import Plan
 from ..solver import DEFAULT_NODE_LIMIT, solve_milp
 from .propagate import CostModel, ShardingResult, propagate
 from .buckets import XLA_COMBINE_THRESHOLD_BYTES
-from .shard import SHARDING_READS, collective_kernels
+from .shard import SHARDING_READS, collective_boundaries, collective_kernels
 from .reshard import reshard
 from .rules import Choice, Ctx, matmul_choices
 from .spec import Mesh, Spec
@@ -420,4 +420,5 @@ class IlpShard:
                           value_bytes={**(plan.value_bytes or {}), **res.value_bytes},
                           extra_kernels=plan.extra_kernels + collective_kernels(res, self.bucket_bytes,
                                                                                 program.weights),
+                          boundaries=plan.boundaries | collective_boundaries(res),
                           notes=plan.notes + tuple(f"shard_ilp: {n}" for n in res.notes))

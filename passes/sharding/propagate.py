@@ -206,6 +206,8 @@ class _Partitioner:
         self.origin: dict[int, tuple[int, float]] = {}       # partial value -> (op that produced the sum, itemsize)
         self.versions: dict[tuple[int, str], list[Spec]] = {}
         self.made: dict[int, list[tuple[str, Spec]]] = {}      # value -> (phase, layout) of every resharded copy
+        self.broadcast_reads: dict[int, list[Spec]] = {}       # broadcast result -> the layout each reader used
+        self.reshard_cache: dict[tuple, tuple[list[Step], float]] = {}
         self.inserted: list[Inserted] = []
         self.works: dict[int, Work] = {}
         self.labels: dict[int, str] = {}
@@ -311,6 +313,7 @@ class _Partitioner:
             if op.name in ("stablehlo.while", "mhlo.while"):
                 self._enter_loop(op)
             self._visit(op)
+        self._local_broadcasts()
         for i, v in enumerate(graph.outputs):
             want = self.output_specs.get(i)
             cur = self.get(v)
@@ -323,6 +326,38 @@ class _Partitioner:
                               collectives=tuple(self.inserted), works=MappingProxyType(self.works),
                               value_bytes=MappingProxyType(value_bytes), choices=MappingProxyType(self.labels),
                               notes=tuple(self.notes))
+
+    def _local_broadcasts(self) -> None:
+        """A broadcast every reader of which reads it in one layout, resharded from the broadcast's small operand
+        (``_plan``: the broadcast is redone locally), is made in that layout: XLA recomputes broadcasts next to their
+        readers and never materialises the whole tensor on a device. Without this the broadcast of a scalar (a
+        softmax's scale, a mask's fill value, a gradient's zeros) keeps the whole-size replicated layout it was given
+        before its readers were seen, and its bytes and memory count whole on every device."""
+        graph = self.graph
+        outputs = set(graph.outputs)
+        for op in graph.ops:
+            if op.name != "stablehlo.broadcast_in_dim" or op.id in self.manual or len(op.results) != 1:
+                continue
+            r = op.results[0]
+            reads = self.broadcast_reads.get(r)
+            cur = self.get(r)
+            if not reads or r in outputs or cur.partial:
+                continue
+            want = reads[0]
+            if want.partial or any(w.dims != want.dims or w.partial for w in reads) or want.dims == cur.dims:
+                continue
+            if any(not set(c) <= set(w) for c, w in zip(cur.dims, want.dims)):
+                continue      # the operand's own split would have to move: not a local broadcast
+            self.spec[r] = Spec(want.dims)
+            w = self.program.works[op.id]
+            if w is None:
+                continue
+            src = op.operands[0]
+            try:
+                self.works[op.id] = find_rule(op)(op, [self.local(src, self.get(src))], [self.local(r, self.spec[r])])
+            except Exception:
+                axes = {a for d in want.dims for a in d} - {a for d in cur.dims for a in d}
+                self.works[op.id] = w.scaled(1.0 / math.prod(self.mesh.size(a) for a in axes) if axes else 1.0)
 
     def _phase_of(self, op: Op | None) -> str:
         return names.parse(op.name_stack)[0] if op is not None else "other"
@@ -474,11 +509,16 @@ class _Partitioner:
         best_steps: list[Step] | None = None
         best_t = math.inf
         origin = self.origin.get(v)
+        piz = origin[1] if origin else None
         for src in sources:
             if src == want:
                 return []
-            steps = reshard(t.shape, isz, src, want, self.mesh, partial_itemsize=origin[1] if origin else None)
-            cost = self.cost.steps(steps)
+            key = (t.shape, isz, src, want, piz)
+            hit = self.reshard_cache.get(key)
+            if hit is None:      # the same reshard recurs in every identical block: plan and price it once
+                steps = reshard(t.shape, isz, src, want, self.mesh, partial_itemsize=piz)
+                hit = self.reshard_cache[key] = (steps, self.cost.steps(steps))
+            steps, cost = hit
             if cost < best_t:
                 best_t, best_steps = cost, steps
         return best_steps or []
@@ -542,6 +582,9 @@ class _Partitioner:
         prim = names.parse(op.name_stack)[2] or op.short_name
         local_ins = []
         for i, (v, want) in enumerate(zip(op.operands, c.operands)):
+            prod = graph.producer(v)
+            if prod is not None and prod.name == "stablehlo.broadcast_in_dim":
+                self.broadcast_reads.setdefault(v, []).append(want if want is not None else self.get(v))
             if want is None:
                 local_ins.append(self.local(v, self.get(v)))
                 continue

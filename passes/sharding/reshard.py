@@ -6,8 +6,8 @@ Per mesh axis, what changes and what a partitioner does about it (GSPMD / Shardy
 - a splits dim d, target splits dim e != d over a               -> all-to-all over a;
 - a splits dim d, target does not use a                         -> all-gather over a;
 - target splits a dim over an axis the source replicates        -> local slice (no communication).
-Steps run in the order that moves the fewest bytes: slices first, then reductions, all-to-alls,
-all-gathers. Bytes per device follow the counting convention of ``explorer/costs/rules/collectives.py``
+Steps run in the order that moves the fewest bytes: slices first, then reductions (a reduce-scatter before
+an all-reduce of the other axes), all-to-alls, all-gathers. Bytes per device follow the counting convention of ``explorer/costs/rules/collectives.py``
 (all-reduce / reduce-scatter / all-to-all: the local input; all-gather: the gathered local output).
 """
 from __future__ import annotations
@@ -60,15 +60,18 @@ def reshard(shape: Sequence[int], itemsize: float, src: Spec, dst: Spec, mesh: M
     rs = tuple(a for a in cur.partial if a not in dst.partial and a in dst_axes and a not in src_axes)
     ar = tuple(a for a in cur.partial if a not in dst.partial and a not in rs)
     isz = partial_itemsize or itemsize
+    # the reduce-scatter first, then the all-reduce of the remaining axes on the scattered shard (1/n of the bytes):
+    # the same sums, as XLA decomposes a reduction whose result is split over some of its axes (a gradient summed
+    # over data x fsdp and kept split over fsdp: reduce-scatter in the slice, all-reduce of the shard across slices)
+    if rs:
+        before = local_bytes(shape, isz, cur, mesh)
+        cur = _add_axes(Spec(cur.dims, keep_partial + ar), {a: dst_axes[a] for a in rs}, dst)
+        after = local_bytes(shape, isz, cur, mesh)
+        steps.append(_step("reduce_scatter", rs, before, before, after, mesh))
     if ar:
         b = local_bytes(shape, isz, cur, mesh)
         steps.append(_step("all_reduce", ar, b, b, b, mesh))
         cur = Spec(cur.dims, tuple(a for a in cur.partial if a not in ar))
-    if rs:
-        before = local_bytes(shape, isz, cur, mesh)
-        cur = _add_axes(Spec(cur.dims, keep_partial), {a: dst_axes[a] for a in rs}, dst)
-        after = local_bytes(shape, isz, cur, mesh)
-        steps.append(_step("reduce_scatter", rs, before, before, after, mesh))
 
     # 3. axes that move to another dimension
     moved = tuple(a for a, d in src_axes.items() if a in dst_axes and dst_axes[a] != d)

@@ -111,6 +111,7 @@ class Shard:
         return plan.with_(work_overrides={**(plan.work_overrides or {}), **res.works},
                           value_bytes={**(plan.value_bytes or {}), **res.value_bytes},
                           extra_kernels=plan.extra_kernels + kernels,
+                          boundaries=plan.boundaries | collective_boundaries(res),
                           notes=plan.notes + tuple(f"shard: {n}" for n in res.notes)
                           + (f"shard: {source}: mesh {res.mesh} ({res.mesh.devices} devices, figures per device), "
                              f"{len(res.collectives)} collectives{combined}",))
@@ -123,7 +124,14 @@ def collective_kernels(res: ShardingResult, bucket_bytes: float = 0.0, weights=N
 
 def _kernel(c: Inserted) -> ExtraKernel:
     return ExtraKernel(name=f"{c.kind}{{{','.join(c.axes)}}}", work=c.work(), after_op=c.after_op,
-                       layer=c.layer, phase=c.phase, overlappable=c.overlappable)
+                       layer=c.layer, phase=c.phase, overlappable=c.overlappable, before_op=c.consumer)
+
+
+def collective_boundaries(res: ShardingResult) -> frozenset[tuple[int, int]]:
+    """(value, reader) pairs with a collective between them: the reader takes the collective's result from memory,
+    so no kernel fuses the value's producer with that reader (a data-parallel weight update waits for the gradient's
+    all-reduce; it is not a GEMM epilogue)."""
+    return frozenset((c.value, c.consumer) for c in res.collectives if c.consumer >= 0 and c.value >= 0)
 
 
 def _with_notes(res: ShardingResult, notes) -> ShardingResult:

@@ -15,6 +15,7 @@ Shardings are read with the MLIR Python bindings (the ``sdy`` attribute classes,
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -133,13 +134,13 @@ class Spec:
         return not self.axes
 
     def shards(self, mesh: Mesh, dim: int) -> int:
-        return math.prod(mesh.size(a) for a in self.dims[dim])
+        return _shards(mesh.axes, self.dims[dim])
 
     def local_shape(self, shape: Sequence[int], mesh: Mesh) -> tuple[int, ...]:
         """Per-device shape (a dimension that does not divide is padded up, as the partitioner does)."""
         if len(shape) != self.rank:
             raise ValueError(f"sharding {self} has rank {self.rank}, tensor shape {tuple(shape)} has rank {len(shape)}")
-        return tuple(-(-n // self.shards(mesh, d)) for d, n in enumerate(shape))
+        return _local_shape(mesh.axes, self.dims, tuple(shape))
 
     def without(self, axes: Sequence[str]) -> "Spec":
         drop = set(axes)
@@ -150,6 +151,19 @@ class Spec:
         body = ", ".join("{" + ", ".join(f'"{a}"' for a in d) + "}" for d in self.dims)
         tail = f", partial={{{', '.join(self.partial)}}}" if self.partial else ""
         return f"[{body}]{tail}"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _shards(mesh_axes: tuple[tuple[str, int], ...], dim_axes: tuple[str, ...]) -> int:
+    """Devices one dimension is split over (the partitioner asks this hundreds of thousands of times per search:
+    cached on the mesh's axes, which alone decide it)."""
+    mesh = Mesh(mesh_axes)
+    return math.prod(mesh.size(a) for a in dim_axes)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _local_shape(mesh_axes, dims, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(-(-n // _shards(mesh_axes, dims[d])) for d, n in enumerate(shape))
 
 
 # -- reading what JAX wrote ------------------------------------------------------------------------

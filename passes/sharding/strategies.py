@@ -177,12 +177,29 @@ def _output_key(info: str) -> str:
 
 
 def _result_info(graph, i: int) -> str:
-    attrs = graph.output_attrs[i] if i < len(graph.output_attrs) else {}
-    text = attrs.get("jax.result_info")
-    if not text:
-        return ""
+    infos = _result_infos(graph)
+    return infos[i] if i < len(infos) else ""
+
+
+_INFOS: dict[int, tuple[object, tuple[str, ...]]] = {}
+
+
+def _result_infos(graph) -> tuple[str, ...]:
+    """Every output's ``jax.result_info`` string, parsed in one MLIR context and kept per graph (a search calls
+    ``layouts`` once per candidate mesh; making a context per output was most of its time)."""
+    hit = _INFOS.get(id(graph))
+    if hit is not None and hit[0] is graph:
+        return hit[1]
+    out: list[str] = []
     with mlir_context():
-        return ir.StringAttr(ir.Attribute.parse(text)).value
+        for i in range(len(graph.outputs)):
+            attrs = graph.output_attrs[i] if i < len(graph.output_attrs) else {}
+            text = attrs.get("jax.result_info")
+            out.append(ir.StringAttr(ir.Attribute.parse(text)).value if text else "")
+    while len(_INFOS) >= 8:
+        _INFOS.pop(next(iter(_INFOS)))
+    _INFOS[id(graph)] = (graph, tuple(out))
+    return tuple(out)
 
 
 def _pin(strategy: Strategy, name: str):

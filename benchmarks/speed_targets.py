@@ -1,0 +1,206 @@
+"""The speed figures of issue 14, each beside its reference measured in the same run (this machine is shared and
+noisy: compare the ratios, not the absolute seconds).
+
+- ``gpt2``: import + default passes + estimate of the GPT-2 small train step (``examples/gpt2_train.py``) against
+  XLA's own CPU compile of the same lowered program and ``jax.experimental.roofline`` of the same step
+  (targets: <= 0.10x and <= 1.0x).
+- ``scaling``: a Llama train step (``benchmarks/training_models.py``: RMSNorm, SwiGLU, grouped-query attention,
+  untied head) at 40 and 80 layers: the default estimate and every pass alone (``fuse{strategy=xla}``,
+  ``fuse{strategy=aggressive}``, ``place{policy=greedy}``, ``remat{policy=auto}``; target: 80 / 40 <= 2.2x).
+  The reference is the op count ratio (about 2.0).
+- ``workflows``: ``fusion_decisions`` on the GPT-2 step (target <= 2 s) and ``compare_alternatives`` with the ILP
+  placement (target <= 10 s, deterministic: run twice, rows compared bit for bit); reference: one default
+  estimate of the same program in the same run.
+
+    python benchmarks/speed_targets.py                 # all sections; writes benchmarks/results/<date>-speed-targets.txt
+    python benchmarks/speed_targets.py gpt2 --no-save  # one section, printed only
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import jax  # noqa: E402
+
+import explorer  # noqa: E402
+import hw_targets  # noqa: E402
+from explorer.costs import Program  # noqa: E402
+from explorer.graph import importer  # noqa: E402
+from explorer.model_files import program_fn  # noqa: E402
+from passes import pipeline as pl  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _median(fn, repeats: int) -> tuple[float, list[float], object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, out
+
+
+def _fmt(times: list[float]) -> str:
+    return ", ".join(f"{t:.3f}" for t in times)
+
+
+def gpt2(out: list[str], repeats: int) -> None:
+    from jax.experimental import roofline
+
+    fn, fargs = program_fn(str(ROOT / "examples" / "gpt2_train.py"))()
+    lowered = jax.jit(fn).lower(*fargs)
+    module = lowered.compiler_ir("stablehlo")
+    target = hw_targets.load("h100_sxm")
+
+    def ours():
+        prog = Program.from_graph(importer.import_module(module, name="program"))
+        return prog, explorer.estimate(prog, target)
+
+    ours()   # warm: imports, rule tables
+    o, ot, (prog, est) = _median(ours, repeats)
+    xla = []
+    for _ in range(repeats):
+        jax.clear_caches()                      # a real compile each time, not a cache hit
+        fresh = jax.jit(fn).lower(*fargs)
+        t0 = time.perf_counter()
+        fresh.compile()
+        xla.append(time.perf_counter() - t0)
+    x = statistics.median(xla)
+    roof = []
+    for _ in range(repeats):
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        roofline.roofline(fn)(*fargs)
+        roof.append(time.perf_counter() - t0)
+    r = statistics.median(roof)
+    t_imp, _, g = _median(lambda: importer.import_module(module, name="program"), repeats)
+    t_cnt, _, _ = _median(lambda: Program.from_graph(g), repeats)
+    # fresh Program objects (made before the clock starts), so that nothing remembered per program is reused
+    progs = iter([Program.from_graph(g) for _ in range(2 * repeats)])
+    plan_t, _, _ = _median(lambda: (lambda p: pl.run(pl.resolve(pl.default_pipeline(p)), p, target))(next(progs)),
+                           repeats)
+    t_est, _, _ = _median(lambda: explorer.estimate(next(progs), target), repeats)
+    out.append(f"## GPT-2 small train step ({len(prog.graph.ops):,} ops, {est.num_kernels:,} kernels, h100_sxm, "
+               f"default pipeline {pl.default_pipeline(prog)})")
+    out.append(f"  ours: import + default passes + estimate   {o:7.3f} s   (median of {repeats}: {_fmt(ot)})")
+    out.append(f"    of which import {t_imp:.3f} s, counting (Program.from_graph) {t_cnt:.3f} s, "
+               f"passes {plan_t:.3f} s, estimate (passes + pricing) {t_est:.3f} s")
+    out.append(f"  reference: XLA CPU compile                 {x:7.3f} s   (median of {repeats}: {_fmt(xla)})")
+    out.append(f"  reference: jax.experimental.roofline       {r:7.3f} s   (median of {repeats}: {_fmt(roof)})")
+    out.append(f"  ratio ours / XLA compile   {o / x:6.3f}   (target <= 0.10)  {'MET' if o / x <= 0.10 else 'not met'}")
+    out.append(f"  ratio ours / roofline      {o / r:6.3f}   (target <= 1.00)  {'MET' if o / r <= 1.0 else 'not met'}")
+
+
+def _llama(layers: int):
+    import training_models as tm
+    cfg = tm.Model(vocab=32000, d_model=1024, n_heads=16, n_kv_heads=4, d_ff=2816, seq=1024, n_layers=layers,
+                   mlp="swiglu", norm="rmsnorm", tied=False, learned_pos=False)
+    fn, args = tm.train_program(cfg, batch=4)
+    return explorer.lower(fn, *args)
+
+
+SCALING_PIPELINES = {
+    "default estimate": "default",
+    "fuse{strategy=xla}": "fuse{strategy=xla}",
+    "fuse{strategy=aggressive}": "fuse{strategy=aggressive}",
+    "place{policy=greedy}": "place{policy=greedy}",
+    "remat{policy=auto}": "remat{policy=auto}",
+}
+
+
+def scaling(out: list[str], repeats: int, layers=(40, 80)) -> None:
+    target = hw_targets.load("h100_sxm")
+    progs = {n: _llama(n) for n in layers}
+    a, b = layers
+    ops = {n: len(p.graph.ops) for n, p in progs.items()}
+    out.append(f"## Llama train step, {a} vs {b} layers ({ops[a]:,} vs {ops[b]:,} ops: ratio {ops[b] / ops[a]:.2f}), "
+               f"h100_sxm (target: every ratio <= 2.2)")
+    for label, pipe in SCALING_PIPELINES.items():
+        t = {}
+        for n, prog in progs.items():
+            # a fresh Program object per timed call (made before the clock starts): nothing remembered is reused
+            fresh = iter([Program.from_graph(prog.graph) for _ in range(repeats)])
+            if label == "default estimate":
+                t[n] = _median(lambda: explorer.estimate(next(fresh), target), repeats)[0]
+            else:
+                passes = pl.resolve(pipe)
+                t[n] = _median(lambda: pl.run(passes, next(fresh), target), repeats)[0]
+        ratio = t[b] / t[a]
+        out.append(f"  {label:28s} {t[a]:7.3f} s -> {t[b]:7.3f} s   ratio {ratio:5.2f}  "
+                   f"{'MET' if ratio <= 2.2 else 'not met'}")
+
+
+def _rows(cmp) -> list:
+    return [(r["pipeline"], float(r["seconds"]).hex(), r["peak_memory_bytes"]) for r in cmp.rows()]
+
+
+def workflows(out: list[str], repeats: int) -> None:
+    from explorer.workflows.compare import compare_alternatives
+    from explorer.workflows.explore_fusion import fusion_decisions
+    prog = explorer.lower(*_gpt2_args())
+    # each timed call gets a fresh Program (and Target) object: nothing a previous call remembered is reused
+    # (made before the clock starts)
+    pairs = iter([(Program.from_graph(prog.graph), hw_targets.load("h100_sxm")) for _ in range(2 * repeats + 2)])
+    fresh = lambda: next(pairs)  # noqa: E731
+    ref, _, _ = _median(lambda: explorer.estimate(*fresh()), repeats)
+    fd, fdt, dec = _median(lambda: fusion_decisions(*fresh()), repeats)
+    out.append(f"## Workflows on the GPT-2 small train step (h100_sxm); reference: one default estimate {ref:.3f} s "
+               "(every figure from fresh Program and Target objects: no cache warm)")
+    out.append(f"  fusion_decisions (top 10)         {fd:7.3f} s = {fd / ref:5.1f} estimates   (median of {repeats}: "
+               f"{_fmt(fdt)})  target <= 2 s  {'MET' if fd <= 2 else 'not met'}")
+    pipe = "fuse{strategy=xla},place{policy=ilp}"
+    first, second = fresh(), fresh()
+    t0 = time.perf_counter()
+    c1 = compare_alternatives(*first, pipeline=pipe)
+    ca = time.perf_counter() - t0
+    c2 = compare_alternatives(*second, pipeline=pipe)
+    same = _rows(c1) == _rows(c2)
+    notes = [n for e in c1.estimates for n in e.plan_notes if "ilp" in n.lower() or "limit" in n.lower()]
+    out.append(f"  compare_alternatives {pipe} ({len(c1.estimates)} rows) {ca:7.3f} s = {ca / ref:5.1f} estimates  "
+               f"target <= 10 s  {'MET' if ca <= 10 else 'not met'}; deterministic (two runs bit for bit): {same}")
+    for n in sorted(set(notes))[:4]:
+        out.append(f"    note: {n}")
+
+
+def _gpt2_args():
+    fn, fargs = program_fn(str(ROOT / "examples" / "gpt2_train.py"))()
+    return (fn, *fargs)
+
+
+SECTIONS = {"gpt2": gpt2, "scaling": scaling, "workflows": workflows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sections", nargs="*", help=f"any of {list(SECTIONS)} (default: all)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args()
+    out = [f"# speed targets (issue 14), {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+           f"python {platform.python_version()}, jax {jax.__version__}, {platform.machine()}",
+           "# command: python benchmarks/speed_targets.py " + " ".join(sys.argv[1:])]
+    print("\n".join(out), flush=True)
+    for name in args.sections or list(SECTIONS):
+        start = len(out)
+        SECTIONS[name](out, args.repeats)
+        print("\n".join(out[start:]), flush=True)
+    text = "\n".join(out) + "\n"
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d-%H%M}-speed-targets.txt"
+        path.write_text(text)
+        print(f"(written to {path.relative_to(ROOT)})")
+
+
+if __name__ == "__main__":
+    main()
