@@ -6,6 +6,7 @@ Every error names the file, the field and the bad value; unknown fields are reje
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -35,6 +36,14 @@ _EFFICIENCY = {"matrix": True, "vector": True, "memory": True}
 def names() -> list[str]:
     """The preset names, sorted."""
     return sorted(p.stem for p in PRESETS.glob("*.toml"))
+
+
+def as_target(target: Any) -> Any:
+    """``target`` itself, or the target a preset name or TOML path (``str`` or ``os.PathLike``) names: what every
+    entry point taking a target accepts."""
+    if isinstance(target, (str, os.PathLike)):
+        return load(target)
+    return target
 
 
 def load(name_or_path: str | Path) -> Target:

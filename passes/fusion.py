@@ -129,7 +129,7 @@ class Fuse:
         if self.strategy == "compiled":
             placement = {**compiled_placement(program, target), **(plan.placement or {})}
             return plan.with_(kernels=compiled_kernels(program, plan), placement=placement or plan.placement)
-        fused = sum(op.name in GROUPING_OPS for op in program.graph.ops)
+        fused = _grouping_ops(program.graph)
         if fused:
             raise ValueError(f"fuse{{strategy={self.strategy}}}: {program.graph.name} is a compiled module whose "
                              f"kernels the compiler already chose ({fused} fusions and async collectives); price them "
@@ -363,12 +363,22 @@ def _depends(graph, groups, src: int, dst: int, users, limit: int = 4096) -> boo
     return len(seen) >= limit   # too far to prove independence: assume dependent
 
 
+def _grouping_ops(graph) -> int:
+    """How many ops of ``graph`` group a compiler's kernel (fusions, async collective starts): none unless the program
+    is a compiled module. Counted once per graph (graphs never change)."""
+    n = graph.__dict__.get("_grouping_ops")
+    if n is None:
+        n = sum(op.name in GROUPING_OPS for op in graph.ops)
+        object.__setattr__(graph, "_grouping_ops", n)
+    return n
+
+
 def _boundary_edges(program, plan: Plan) -> frozenset[Edge]:
     """The producer -> reader edges a pass put a collective on (``Plan.boundaries``, set by sharding): the reader
     takes the collective's result from memory, so the two never share a kernel."""
     if not plan.boundaries:
         return frozenset()
-    made_by = {r: op.id for op in program.graph.ops for r in op.results}
+    made_by = program.graph.producers
     return frozenset((made_by[v], c) for v, c in plan.boundaries if v in made_by)
 
 
@@ -392,7 +402,7 @@ def _override_notes(program, option: str, edges: list[Edge]) -> tuple[str, ...]:
 def _reads_from(program, p: int, c: int) -> bool:
     """Whether op ``c`` reads a result of op ``p``, directly or through ops that launch no kernel (views)."""
     graph, works = program.graph, program.works
-    made_by = {r: op.id for op in graph.ops for r in op.results}
+    made_by = graph.producers
     stack, seen = list(graph.ops[c].operands), set()
     while stack:
         v = stack.pop()
@@ -557,7 +567,7 @@ def compiled_groups(program) -> list[list[int]]:
     for op in graph.ops:
         if op.name in GROUPING_OPS:
             nested.update(o for region in op.regions for o in region)
-    if not any(op.name in GROUPING_OPS for op in graph.ops):
+    if not _grouping_ops(graph):
         raise ValueError(f"{graph.name}: fuse{{strategy=compiled}} needs a compiler's optimized module (no fusion "
                          "ops here); import it with explorer.lower(fn, *args, compiler='xla', target=...)")
     groups: list[list[int]] = []

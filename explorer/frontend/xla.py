@@ -22,7 +22,6 @@ import math
 import os
 import re
 import time
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -259,7 +258,7 @@ def compile_deviceless(fn: Callable, *args: Any, target: Any, **kwargs: Any) -> 
     mesh of any devices is re-made over as many compile-only devices, axis for axis. Returns the compiled
     executable and a dict of what the compiler reports (seconds to compile, memory analysis, cost analysis,
     the devices, the GPU config or TPU topology)."""
-    target = hw_targets.load(target) if isinstance(target, (str, Path)) else target
+    target = hw_targets.as_target(target)
     kind = compiler_for(target)
     mesh = _mesh_of(args, kwargs)
     count = 1 if mesh is None else int(mesh.devices.size)

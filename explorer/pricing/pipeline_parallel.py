@@ -288,7 +288,7 @@ def _update_owner(program) -> dict[int, str]:
     # an op that reads no state argument takes the side of what it reads: a gradient made in a block's backward
     # pass, or a value an owned op made (the scaled gradient an update reads after its all-reduce, when the
     # update is a kernel of its own)
-    made_by = {r: op.id for op in graph.ops for r in op.results}
+    made_by = graph.producers
     out: dict[int, str] = {}
     for op in graph.ops:
         for v in op.operands:

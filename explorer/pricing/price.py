@@ -8,7 +8,6 @@ plan (``explorer.model.memory``).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -39,14 +38,18 @@ def estimate(program: Program, target: Any, pipeline: str | Sequence[Any] | None
 
     **Returns** an ``Estimate``.
     """
-    if isinstance(target, (str, os.PathLike)):      # a preset name or a TOML path
-        target = hw_targets.load(target)
+    with paused_gc():
+        target, passes, plan = _planned(program, target, pipeline)
+        return price(program, target, plan, pipeline_text=pl.to_text(passes), strict=strict)
+
+
+def _planned(program: Program, target: Any, pipeline) -> tuple[Any, list[Any], Any]:
+    """(the target, the resolved passes, the plan they make): what ``estimate`` and ``step_seconds`` start from."""
+    target = hw_targets.as_target(target)      # a preset name or a TOML path
     if pipeline == "default":
         pipeline = pl.default_pipeline(program)
     passes = pl.resolve(pipeline or None)
-    with paused_gc():
-        plan = pl.run(passes, program, target)
-        return price(program, target, plan, pipeline_text=pl.to_text(passes), strict=strict)
+    return target, passes, pl.run(passes, program, target)
 
 
 def check_known(program: Program) -> None:
@@ -142,13 +145,8 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
 def step_seconds(program: Program, target: Any, pipeline: str | Sequence[Any] | None = "default") -> float:
     """``estimate(program, target, pipeline).seconds``, bit for bit, without what only the rest of an ``Estimate``
     needs (memory peaks, totals): for workflows that rank many pipelines by step time (``fusion_decisions``)."""
-    if isinstance(target, (str, os.PathLike)):      # a preset name or a TOML path
-        target = hw_targets.load(target)
-    if pipeline == "default":
-        pipeline = pl.default_pipeline(program)
-    passes = pl.resolve(pipeline or None)
     with paused_gc():
-        plan = pl.run(passes, program, target)
+        target, _, plan = _planned(program, target, pipeline)
         items = priced_items(program, plan)
         rows = _rows(program, target, plan, items)[0]
         return float(_timeline(program, target, plan, items, rows).seconds)

@@ -11,7 +11,6 @@ to fit it, ``remat{policy=auto}`` aims at it, ``fits`` is judged against it); by
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -109,8 +108,7 @@ def search_memory(program: Program, target: Any, budget_bytes: float | None = No
 
     **Returns** a ``MemorySearch``: ``alternatives`` ranked, ``best``, ``fits``, ``message``, ``table()``.
     """
-    if isinstance(target, (str, os.PathLike)):      # a preset name or a TOML path
-        target = hw_targets.load(target)
+    target = hw_targets.as_target(target)      # a preset name or a TOML path
     main = target.main_memory
     budget = float(main.capacity_bytes if budget_bytes is None else budget_bytes)
     if budget <= 0:

@@ -22,7 +22,6 @@ ignores the lower efficiency of small matmuls: lower the program at the microbat
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -125,8 +124,7 @@ def search_sharding(program, target: Any, chips: int, *, stages: Sequence[int] =
 
     **Returns** a ``SearchResult``: ``best`` (None when nothing fits), ``rows``, ``table()``.
     """
-    if isinstance(target, (str, os.PathLike)):      # a preset name or a TOML path
-        target = hw_targets.load(target)
+    target = hw_targets.as_target(target)      # a preset name or a TOML path
     if not isinstance(chips, int) or chips < 1:
         raise ValueError(f"chips must be a positive int, got {chips!r}")
     notes: list[str] = []

@@ -20,7 +20,6 @@ others per variant.
 """
 from __future__ import annotations
 
-import os
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -228,8 +227,7 @@ def sensitivity(program, target, pipeline: str | Sequence[Any] | None = "default
     **Returns** a ``Sensitivity``; ``.table()`` lists the continuous knobs, largest |elasticity| first, then the
     discrete ones, then the skipped ones.
     """
-    if isinstance(target, (str, os.PathLike)):      # a preset name or a TOML path
-        target = hw_targets.load(target)
+    target = hw_targets.as_target(target)      # a preset name or a TOML path
     if not (isinstance(rel_step, (int, float)) and 0 < rel_step < 1):
         raise ValueError(f"sensitivity: rel_step must be in (0, 1), got {rel_step!r}")
     if integers not in ("step", "skip"):

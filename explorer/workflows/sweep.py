@@ -280,8 +280,7 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     """
     if backend not in BACKENDS:
         raise SweepError(f"sweep: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if isinstance(base_target, (str, os.PathLike)):      # a preset name or a TOML path
-        base_target = hw_targets.load(base_target)
+    base_target = hw_targets.as_target(base_target)      # a preset name or a TOML path
     if strict:
         check_known(program)
     variants = grid_variants(base_target, grid)
@@ -331,18 +330,18 @@ def _grouped(program, base_target, passes: list[Any], variants: list[dict[str, f
     by_read: dict[tuple, list[int]] = {}
     for i, v in enumerate(variants):
         by_read.setdefault(tuple(v.get(k, base_values[k]) for k in read), []).append(i)
-    groups: list[tuple[Any, list[int]]] = []           # (plan, variant indices), first-seen order
+    groups: list[tuple[Any, Any, list[int]]] = []      # (plan, its decisions, variant indices), first-seen order
     for key, rows in by_read.items():
         plan = pl.run(passes, program, base_target.replace(**dict(zip(read, key))))
         decided = _decisions(plan)
-        for known, members in groups:
-            if _decisions(known) == decided:
+        for _, known, members in groups:
+            if known == decided:
                 members.extend(rows)
                 break
         else:
-            groups.append((plan, list(rows)))
+            groups.append((plan, decided, list(rows)))
     parts = []
-    for plan, rows in groups:
+    for plan, _, rows in groups:
         idx = np.array(sorted(rows))
         parts.append((idx, price_variants(program, base_target, plan, {k: c[idx] for k, c in knob_cols.items()},
                                           len(idx))))

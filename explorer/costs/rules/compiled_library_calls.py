@@ -4,6 +4,12 @@ Met on deviceless compiles (``explorer.lower(..., compiler="xla")``) of ``lax.to
 ``jax.scipy.linalg.solve_triangular`` and ``jnp.linalg.cholesky``: XLA:GPU calls its TopK kernel and cuBLAS's
 TRSM; XLA:TPU its TopK, Cholesky and a blocked triangular inverse. The operands are those of the StableHLO op the
 call replaces, so the work is that op's (the rules of ``reduction`` and ``solvers``).
+
+Around gathers and scatters (GPT-2's embedding lookups and their scatter-add gradient on XLA:TPU) two more, whose
+meaning is read from their names and where they sit (an assumption, no public documentation):
+``AssumeGatherIndicesInBound`` tells the gather emitter that the indices need no clamping, a promise about values
+and no computation; ``GatherScatterIndicesBitpacked`` rewrites the indices into a packed form the emitter reads,
+one pass over them.
 """
 from __future__ import annotations
 
@@ -50,3 +56,15 @@ def invert_diagonal_blocks(op, ins, outs) -> Work:
 def allocate_buffer(op, ins, outs) -> Work:
     # an uninitialised buffer for a later in-place update: no kernel, no traffic
     return ZERO
+
+
+@rule("custom_call:AssumeGatherIndicesInBound")
+def indices_in_bound(op, ins, outs) -> Work:
+    # a promise to the emitter (the result is the operand): no kernel, no traffic
+    return ZERO
+
+
+@rule("custom_call:GatherScatterIndicesBitpacked")
+def indices_bitpacked(op, ins, outs) -> Work:
+    # one elementwise pass over the indices: read them, write the packed form
+    return Work(bytes_read=nbytes(ins), bytes_written=nbytes(outs))
