@@ -134,10 +134,13 @@ def _norm(cfg: Model, p, x):
     return ((x32 - mu) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["bias"]).astype(BF)
 
 
-def _core_attention(q, k, v, causal: bool = True):
-    """q [b, s, kv, g, e], k / v [b, t, kv, e] -> [b, s, kv, g, e] (f32 softmax, causal)."""
+def _core_attention(q, k, v, causal: bool = True, flash: bool = False):
+    """q [b, s, kv, g, e], k / v [b, t, kv, e] -> [b, s, kv, g, e] (f32 softmax, causal). ``flash``: the scores
+    leave the matmul in 16 bits and are widened for the softmax, so the backward's dQ and dK matmuls take a 16-bit
+    dS as FlashAttention's do (an f32 score matmul would make them f32 matmuls)."""
     s, t = q.shape[1], k.shape[1]
-    scores = jnp.einsum("bskge,btke->bkgst", q, k, preferred_element_type=F32) / jnp.sqrt(q.shape[-1]).astype(F32)
+    scores = jnp.einsum("bskge,btke->bkgst", q, k, preferred_element_type=BF if flash else F32).astype(F32)
+    scores = scores / jnp.sqrt(q.shape[-1]).astype(F32)
     if causal:
         mask = jnp.tril(jnp.ones((s, t), bool), t - s)
         scores = jnp.where(mask, scores, -1e30)
@@ -158,15 +161,18 @@ def _attention(cfg: Model, p, h, cache=None, pos=None):
         new_cache = {"k": k, "v": v}
     core = _core_attention
     if cfg.attention == "flash" or cfg.remat == "selective":
-        core = jax.checkpoint(core, static_argnums=(3,))
-    o = core(q, k, v, cache is None).reshape(b, s, cfg.n_heads, cfg.hd)
+        core = jax.checkpoint(core, static_argnums=(3, 4))
+    o = core(q, k, v, cache is None, cfg.attention == "flash").reshape(b, s, cfg.n_heads, cfg.hd)
     return _dense(cfg, o, p["o_proj"]["kernel"], "bshe,hed->bsd"), new_cache
 
 
 def _mlp(cfg: Model, p, h):
     if cfg.mlp == "swiglu":
-        u = jax.nn.silu(_dense(cfg, h, p["gate_proj"]["kernel"], "bsd,df->bsf")) * \
-            _dense(cfg, h, p["up_proj"]["kernel"], "bsd,df->bsf")
+        # the gate's activation recomputed in the backward pass from the two projections, as the frameworks' fused
+        # SwiGLU kernels do (Megatron-Core's bias_swiglu, TransformerEngine, MaxText): saved are the gate and up
+        # projections and the product (the down projection's input), not silu(gate) besides
+        u = jax.checkpoint(lambda g, v: jax.nn.silu(g) * v)(
+            _dense(cfg, h, p["gate_proj"]["kernel"], "bsd,df->bsf"), _dense(cfg, h, p["up_proj"]["kernel"], "bsd,df->bsf"))
         return _dense(cfg, u, p["down_proj"]["kernel"], "bsf,fd->bsd")
     if cfg.mlp == "relu":
         return _dense(cfg, jax.nn.relu(_dense(cfg, h, p["wi"]["kernel"], "bsd,df->bsf")), p["wo"]["kernel"], "bsf,fd->bsd")

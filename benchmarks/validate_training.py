@@ -29,7 +29,8 @@ parallel plan the source used:
 With sequence parallelism (and MaxText's tensor axis) the tokens are pinned sequence-split over the tensor axis,
 so the residual stream is split from the embedding on (Megatron-SP scatters the embedding's output; MaxText shards
 its activations over 'tensor'). A row that does not say which recomputation its run used and does not fit its chip
-without any is priced with full recomputation (said in the row). Where a row leaves the plan open, the plan priced is written in the row's ``assumptions`` (MaxText's defaults:
+without any recomputes as many blocks per stage as it needs to fit (Megatron's block recompute; said in the row). Llama
+3's interleaving degree, not published, is searched (the fastest that fits). Where a row leaves the plan open, the plan priced is written in the row's ``assumptions`` (MaxText's defaults:
 ``ici_fsdp_parallelism=-1``, i.e. FSDP over every chip). Rows on hardware without a preset (GB200), rows without a
 step time (FlashAttention-2 end-to-end table, MFU-only or throughput-only inference rows without a batch) and rows
 that cannot be read are listed with the reason; a row that fails while priced is listed with the error. The run
@@ -179,6 +180,11 @@ def parse(r: dict) -> Row:
         remat = "full"
     else:
         remat = "none"
+    if family == "mtnlg" and remat == "none":
+        # the row gives none; MT-NLG ran on the Megatron-LM code base of the 2021 runs, which recomputed every layer
+        remat = "full"
+        assumptions.append("full recompute (the row gives none; assumption: as the Megatron-LM 2021 runs on the same "
+                           "code base)")
     flash = family in ("nemo", "llama3") or maxtext
     fp8 = "FP8" in r["dtype"].upper()
     kind = "decode" if family == "inference" and "decode" in r["workload"].lower() else "train"
@@ -246,18 +252,21 @@ def parse(r: dict) -> Row:
         plan.schedule = "interleaved" if vp > 1 and plan.pp > 1 else "1f1b"
         plan.microbatches = max(1, gbs // (plan.dp * mb)) if gbs else 1
         batch = mb * plan.dp
-        if family == "mtnlg" and remat == "none":
-            assumptions.append("no recompute (the row gives none)")
         if chips and plan.chips != chips:
             assumptions.append(f"plan covers {plan.chips} chips, the row says {chips}")
     if model is not None and plan.cp > 1 and model.seq % plan.cp:
         why = why or f"sequence {model.seq} not divisible by cp {plan.cp}"
+    recompute_given = bool(r.get("recompute", "").strip()) and remat != "none"
+    if family == "llama3" and remat == "none" and _int(r, "seq_len", 0) <= 8192:
+        recompute_given = True
+        assumptions.append("no activation checkpointing (Dubey et al. 2024, sec. 3.3.2: 8K-token sequences "
+                           "pre-trained without it)")
     measured = float(step) if step else 0.0
     if kind == "decode":
         plan.micro_batch = batch
     return Row(case=case, family=family, kind=kind, preset=preset, why_skipped=why, model=model, plan=plan,
                batch=batch, layers=_int(r, "layers"), measured_s=measured, context=_int(r, "seq_len", 0),
-               assumptions=assumptions, recompute_given=bool(r.get("recompute", "").strip()) and remat != "none")
+               assumptions=assumptions, recompute_given=recompute_given)
 
 
 def _shard(row: Row) -> Shard:
@@ -330,18 +339,81 @@ def closed_form_memory(row: Row) -> dict | None:
             "params_on_stage": stage_params}
 
 
+# families whose source ran the interleaved 1F1B schedule without publishing its degree (Dubey et al. 2024, "The
+# Llama 3 Herd of Models", section 3.3.2 and Figure 6)
+INTERLEAVED_DEGREE_OPEN = ("llama3",)
+
+
+def _interleaving_searched(row: Row) -> tuple[Row, dict] | None:
+    """For a row whose run used interleaved 1F1B of an unpublished degree: every degree that divides the layers a
+    stage holds (1 = plain 1F1B), the fastest that fits the chip (else the one that needs the least memory),
+    written in the row's assumptions."""
+    p = row.plan
+    if row.family not in INTERLEAVED_DEGREE_OPEN or p.pp <= 1 or p.vp > 1 or p.microbatches % p.pp:
+        return None
+    per_stage = -(-row.layers // p.pp)
+    tried = []
+    for v in [d for d in range(1, per_stage + 1) if per_stage % d == 0]:
+        plan = dataclasses.replace(p, vp=v, schedule="interleaved" if v > 1 else "1f1b")
+        cand = dataclasses.replace(row, plan=plan)
+        tried.append((cand, _predict(cand)))
+    fitting = [t for t in tried if t[1]["fits"]]
+    best = min(fitting, key=lambda t: t[1]["predicted_s"]) if fitting else \
+        min(tried, key=lambda t: (t[1]["memory_per_device_bytes"], t[1]["predicted_s"]))
+    listing = ", ".join(f"v{c.plan.vp} {o['predicted_s']:.3g} s {o['memory_per_device_bytes'] / 1e9:.0f} GB"
+                        for c, o in tried)
+    chosen, out = best
+    chosen.assumptions = [a for a in row.assumptions
+                          if not a.startswith(("1F1B (interleaving", "interleaved 1F1B of an unpublished"))] + [
+        f"interleaved 1F1B of an unpublished degree (Dubey et al. 2024, sec. 3.3.2): searched ({listing}), "
+        f"v{chosen.plan.vp} priced ({'fastest that fits' if fitting else 'none fits: the least memory'})"]
+    return chosen, out
+
+
 def predict(row: Row) -> dict:
-    """Price the row; a row that does not say which recomputation its run used and does not fit its chip without
-    any is priced with full recomputation (the memory decides, as a user would), said in its assumptions."""
-    out = _predict(row)
+    """Price the row. A row that does not say which recomputation its run used and does not fit its chip without
+    any recomputes as many of each stage's blocks as it needs to fit (Megatron's ``--recompute-method block
+    --recompute-num-layers N``; all of them when even that does not fit): priced without and with full
+    recomputation, and both its time and its memory taken linearly in the blocks recomputed (each recomputed block
+    adds its forward pass to every microbatch's backward pass, and saves its input alone instead of its
+    activations), said in its assumptions."""
+    out = _price_open_plan(row)
     if row.kind == "train" and not out["fits"] and not row.recompute_given and row.model.remat == "none":
-        full = dataclasses.replace(row, model=dataclasses.replace(row.model, remat="full"),
-                                   assumptions=row.assumptions + [
-                                       f"recompute not given; none needs {out['memory_per_device_bytes'] / 1e9:.0f} GB:"
-                                       " full recompute priced"])
-        again = _predict(full)
-        row.model, row.assumptions = full.model, full.assumptions
-        return again
+        full = dataclasses.replace(row, model=dataclasses.replace(row.model, remat="full"))
+        again = _price_open_plan(full)
+        cap, none_b, full_b = out["capacity_bytes"], out["memory_per_device_bytes"], again["memory_per_device_bytes"]
+        per_stage = -(-row.layers // max(1, full.plan.pp))
+        n = per_stage
+        if full.plan == row.plan and full_b < none_b:
+            n = min(per_stage, math.ceil(per_stage * (none_b - cap) / (none_b - full_b)))
+        if n >= per_stage:
+            note = f"recompute not given; none needs {none_b / 1e9:.0f} GB: full recompute priced"
+            row.model, row.plan, row.assumptions = full.model, full.plan, full.assumptions + [note]
+            return again
+        f = n / per_stage
+        mixed = dict(out)
+        for key in ("predicted_s", "per_microbatch_s", "step_extra_s", "memory_per_device_bytes"):
+            mixed[key] = out[key] + f * (again[key] - out[key])
+        mixed["fits"] = mixed["memory_per_device_bytes"] <= cap
+        mixed["memory"] = {k: v + f * (again["memory"].get(k, 0.0) - v) for k, v in out["memory"].items()}
+        mixed["recomputed_blocks_per_stage"] = n
+        for key in ("closed_form", "first_stage", "state_vs_closed_form", "activations_vs_closed_form"):
+            mixed.pop(key, None)      # the closed forms are for no or full recomputation
+        row.assumptions = row.assumptions + [
+            f"recompute not given; none needs {none_b / 1e9:.0f} GB: {n} of {per_stage} blocks per stage recomputed "
+            f"(block recompute; time and memory interpolated between none and full)"]
+        return mixed
+    return out
+
+
+def _price_open_plan(row: Row) -> dict:
+    """``_predict``, after searching what the row leaves open (the interleaving degree), the choice written into
+    the row's plan and assumptions."""
+    searched = _interleaving_searched(row)
+    if searched is None:
+        return _predict(row)
+    chosen, out = searched
+    row.plan, row.assumptions = chosen.plan, chosen.assumptions
     return out
 
 

@@ -636,7 +636,12 @@ def _flash_chains(program, st: _State, order: _Order, made: set[Edge], forbid: s
     ``[m, n1] x [n1, n2]`` streamed over n1, a matrix unit holds a tile of the first one's inputs, of its output and
     of the second one's input: ``(tm k1 + tn k1 + tn n2)`` operand elements (scores and accumulators stay in
     registers). Attention
-    (k1 = n2 = head dim) fits; an MLP (k1 = d_model, n2 = d_model) does not."""
+    (k1 = n2 = head dim) fits; an MLP (k1 = d_model, n2 = d_model) does not.
+
+    The second matmul's operand may be computed from several such matmuls of one shape: FlashAttention's backward
+    recomputes the scores ``Q K^T``, forms ``dP = dO V^T`` beside them, and contracts ``dS = P * (dP - D)`` into dQ
+    and dK, and ``P`` into dV, all in one kernel that reads Q, K, V, dO and writes dQ, dK, dV (Dao 2023,
+    Algorithm 2); each first matmul's tile must fit as above."""
     graph = program.graph
     on_chip = target.on_chip
     if on_chip is None:
@@ -649,22 +654,26 @@ def _flash_chains(program, st: _State, order: _Order, made: set[Edge], forbid: s
             continue
         g2 = program.works[m2].gemm
         for side, v in enumerate(graph.ops[m2].operands[:2]):
-            src = _matmul_feeding(program, st, v)
+            src = _matmuls_feeding(program, st, v)
             if src is None:
                 continue
-            m1, between = src
-            g1 = program.works[m1].gemm
-            if g1.batch != g2.batch or (m1, m2) in forbid:
-                continue
-            x = graph.values[graph.ops[m1].operands[0]]
-            itemsize = max(1, x.nbytes // max(1, x.elements))
+            firsts, between = src
             n2 = g2.n if side == 0 else g2.m      # the second matmul's width that is not the first one's rows
-            # the operand tiles stream through on-chip memory; the score tile and the accumulator stay in registers
-            # (assumption: a register file at least as large as the tiles, as on every GPU and TPU core)
-            working = itemsize * (tm * g1.k + tn * g1.k + tn * n2)
-            if working > per_unit:
+
+            def fits(m1: int) -> bool:
+                g1 = program.works[m1].gemm
+                if g1 is None or g1.batch != g2.batch or (m1, m2) in forbid:
+                    return False
+                x = graph.values[graph.ops[m1].operands[0]]
+                itemsize = max(1, x.nbytes // max(1, x.elements))
+                # the operand tiles stream through on-chip memory; the score tile and the accumulator stay in
+                # registers (assumption: a register file at least as large as the tiles, as on every GPU and TPU core)
+                return itemsize * (tm * g1.k + tn * g1.k + tn * n2) <= per_unit
+
+            shapes = {graph.values[graph.ops[m1].results[0]].elements for m1 in firsts}
+            if len(shapes) != 1 or not all(fits(m1) for m1 in firsts):
                 continue
-            groups = {st.find(m1), st.find(m2)} | {st.find(b) for b in between}
+            groups = {st.find(m2)} | {st.find(f) for f in firsts} | {st.find(b) for b in between}
             chain = sorted(groups, key=lambda g: order.index[g])     # merge in topological order
             root = chain[0]
             ok = True
@@ -677,17 +686,17 @@ def _flash_chains(program, st: _State, order: _Order, made: set[Edge], forbid: s
                     break
                 root = merged
             if ok:
-                made.add((m1, m2))
+                made.update((m1, m2) for m1 in firsts)
             break
 
 
-def _matmul_feeding(program, st: _State, vid: int, depth: int = 64) -> tuple[int, list[int]] | None:
-    """The matmul whose result ``vid`` is computed from through elementwise / row-softmax groups (no other matmul),
-    and those groups' members met on the way; None when there is none."""
+def _matmuls_feeding(program, st: _State, vid: int, depth: int = 64) -> tuple[list[int], list[int]] | None:
+    """The matmuls whose results ``vid`` is computed from through elementwise / row-softmax groups (no matmul
+    between), and those groups' members met on the way; None when there is none."""
     graph = program.graph
     between: list[int] = []
     stack, seen = [vid], set()
-    found = None
+    found: set[int] = set()
     while stack and len(seen) < 4096:
         v = stack.pop()
         if v in seen:
@@ -698,16 +707,14 @@ def _matmul_feeding(program, st: _State, vid: int, depth: int = 64) -> tuple[int
             continue
         cls = st.cls.get(p)
         if cls == "matmul":
-            if found is not None and found != p:
-                return None
-            found = p
+            found.add(p)
             continue
         if cls in ("opaque", "root", None):
             continue
         if st.owned(p):
             between.append(p)
         stack.extend(graph.ops[p].operands)
-    return (found, between) if found is not None else None
+    return (sorted(found), between) if found else None
 
 
 def _row_sources(program, st: _State, vid: int, depth: int = 8) -> list[int]:

@@ -245,3 +245,30 @@ def test_aggressive_makes_causal_attention_one_kernel_that_streams_q_k_v_once():
     assert big[0].bytes_in == 3 * tensor and big[0].bytes_out == tensor and big[0].spill_bytes == 0
     xla = plan_for(prog, hw_targets.load("h100_sxm"), "fuse{strategy=xla}")
     assert sum(k.bytes_moved for k in xla.kernels) > 4 * tensor * 4      # the scores go through memory
+
+
+def test_aggressive_makes_the_attention_backward_one_kernel_as_flashattention_2():
+    # FlashAttention-2's backward (Dao 2023, Algorithm 2): the scores recomputed from Q and K, dP = dO V^T,
+    # dS = P * (dP - rowsum(P * dP)), and the three matmuls dQ = dS K, dK = dS^T Q, dV = P^T dO in one kernel:
+    # only Q, K, V and dO are read and dQ, dK, dV written; the S x S values never reach memory
+    def attn(q, k, v):
+        s = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / 128 ** 0.5
+        p = jax.nn.softmax(s, axis=-1).astype(jnp.bfloat16)
+        return jnp.einsum("bhqk,bhkd->bhqd", p, v)
+
+    shape = (2, 8, 2048, 128)
+    tensor = 2 * 8 * 2048 * 128 * 2
+
+    def step(q, k, v, do):
+        _, vjp = jax.vjp(jax.checkpoint(attn), q, k, v)
+        return vjp(do)
+
+    prog = explorer.lower(step, *[S(shape, jnp.bfloat16)] * 4)
+    plan = plan_for(prog, hw_targets.load("h100_sxm"), "fuse{strategy=aggressive}")
+    scores = 2 * 8 * 2048 * 2048
+    big = [k for k in plan.kernels if k.bytes_moved > 1e6]
+    matmuls = [len([o for o in k.ops if prog.graph.ops[o].name == "stablehlo.dot_general"]) for k in big]
+    assert len(big) == 1 and matmuls == [5], (len(big), matmuls)
+    assert big[0].bytes_in == 4 * tensor and big[0].bytes_out == 3 * tensor and big[0].spill_bytes == 0
+    xla = plan_for(prog, hw_targets.load("h100_sxm"), "fuse{strategy=xla}")
+    assert sum(k.bytes_moved for k in xla.kernels) > 2 * scores * 2     # XLA writes and reads the S x S values
