@@ -141,11 +141,12 @@ class Fuse:
         extra: tuple[ExtraKernel, ...] = ()
         if self.strategy in ("xla", "aggressive"):
             d = self._decision(program, target, _boundary_edges(program, plan))
-            groups, copies = d.groups, d.copies
+            groups, copies, split_k = d.groups, d.copies, d.split_k
             extra = _layout_copy_kernels(program, plan, d.layout_copies)
         else:
             groups, copies, _ = self._fuse(program, target)
-        kernels = build_kernels(program, groups, target, plan=plan, copies=copies)
+            split_k = frozenset()
+        kernels = build_kernels(program, groups, target, plan=plan, copies=copies, split_k=split_k)
         return plan.with_(kernels=kernels, extra_kernels=plan.extra_kernels + extra)
 
     def _decision(self, program, target, boundaries: frozenset[Edge] = frozenset()) -> fusion_xla.Fusion:
@@ -164,7 +165,7 @@ class Fuse:
             _DECISIONS[key] = hit = (program, target, d)
         d = hit[2]
         return fusion_xla.Fusion(groups=[list(g) for g in d.groups], copies=list(d.copies), made=set(d.made),
-                                 layout_copies=list(d.layout_copies))
+                                 layout_copies=list(d.layout_copies), split_k=d.split_k)
 
     def _fuse(self, program, target) -> tuple[list[list[int]], list[frozenset[int]], set[Edge]]:
         """(groups of op ids, the ops recomputed in each group, the producer -> consumer edges fused)."""
@@ -432,12 +433,23 @@ def parse_edges(text: str) -> list[Edge]:
 
 
 def build_kernels(program, groups: list[list[int]], target=None, spill: bool = False,
-                  plan: Plan | None = None, copies: list[frozenset[int]] | None = None) -> tuple[Kernel, ...]:
+                  plan: Plan | None = None, copies: list[frozenset[int]] | None = None,
+                  split_k: frozenset[int] = frozenset()) -> tuple[Kernel, ...]:
     """Price each group's boundary: distinct values read from outside, values used outside
     (sizes and work per device when a sharding pass has set them in ``plan``). ``copies``: per group, the ops
-    recomputed inside it (duplicated producers): the kernel reads their inputs instead of their results."""
+    recomputed inside it (duplicated producers): the kernel reads their inputs instead of their results.
+    ``split_k``: matmuls split along K (``fusion_xla.split_k_factor`` of their per-device shape): the GEMM writes
+    its f32 partial sums and the kernel reading its result reads them all."""
     plan = plan or Plan()
     graph = program.graph
+    partials: dict[int, float] = {}       # a split matmul's result -> bytes of its partial sums
+    for m in sorted(split_k):
+        g = plan.work(program, m).gemm
+        r = graph.ops[m].results[0]
+        s = fusion_xla.split_k_factor(g.m, g.n, g.k, g.batch) if g is not None else 1
+        if s > 1:
+            partials[r] = float(s * graph.values[r].elements * 4) * plan.nbytes(program, r) / max(
+                1.0, float(graph.values[r].nbytes))
     users = graph.consumers()
     copies = list(copies) if copies is not None else [frozenset()] * len(groups)
     kernel_ops = {o for g in groups for o in g}
@@ -485,7 +497,7 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
                 if p is not None and p in mset:
                     continue
                 for src, nbytes in _read_sources(program, plan, v, op, i, kernel_ops, mset, dup):
-                    reads[src] = max(reads.get(src, 0.0), nbytes)
+                    reads[src] = max(reads.get(src, 0.0), partials.get(src, nbytes))
         writes: list[tuple[int, float]] = []
         intermediates = 0.0
         for o in members:
@@ -493,7 +505,8 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
             w = plan.work(program, o)
             for r in op.results:
                 if read_outside(r, gi, mset):
-                    writes.append((r, float(w.bytes_written if op.name in IN_PLACE_ROOTS else plan.nbytes(program, r))))
+                    writes.append((r, partials.get(r, float(w.bytes_written if op.name in IN_PLACE_ROOTS
+                                                            else plan.nbytes(program, r)))))
                 elif op.name in MATMUL:
                     intermediates += plan.nbytes(program, r)
         spill_bytes = 0.0

@@ -27,6 +27,8 @@ Fusion never crosses a loop or branch boundary. Decisions do not read the target
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -62,6 +64,32 @@ SIGNIFICANT_REDUCTION = 16
 TRITON_ROW_LIMIT = 32768
 
 
+# the core count split-K fills with tiles: the H100's 132 SMs, on which ``split_k_factor`` was measured (assumption:
+# a swept ``compute.matrix_units`` does not re-decide split-K, so the fusion decision reads no knob and sweeps stay
+# vectorised; XLA itself would split for the core count it compiles for)
+SPLIT_K_CORES = 132
+
+
+def split_k_factor(m: int, n: int, k: int, batch: int = 1, cores: int = SPLIT_K_CORES) -> int:
+    """The number of K slices XLA:GPU (Hopper) splits a ``batch x [m, k] x [k, n]`` GEMM into, each writing an f32
+    partial ``[m, n]`` that a reduction kernel adds up; 1 when it does not split. Two limits, the smaller wins:
+    enough 128 x 128 output tiles for 1.5 per core (the tile target of XLA's split-K heuristics), and
+    ``8 sqrt(k / n) sqrt(min(1, 128 / (batch m)))``, each rounded down to a power of two, at most 32, and no split
+    for outputs of ``SPLIT_K_OUTPUT_PER_K`` x K elements or more. Fitted to the factors XLA chose on deviceless H100
+    compiles of 223 shapes (``python benchmarks/xla_split_k.py``: the 210 of
+    ``benchmarks/results/2026-12-01-1201-xla-split-k-h100_sxm.txt``, and 13 batched and GPT-2-sized ones in
+    ``tests/test_fusion.py``): 202 exact, 220 within a factor of 2."""
+    if m * n >= SPLIT_K_OUTPUT_PER_K * k:
+        return 1
+
+    def pow2_floor(x: float) -> int:
+        return 2 ** math.floor(math.log2(x)) if x >= 1 else 1
+
+    by_shape = 8.0 * math.sqrt(k / max(1, n)) * math.sqrt(min(1.0, 128.0 / max(1, batch * m)))
+    tiles = max(1, batch) * -(-m // 128) * -(-n // 128)
+    return int(max(1, min(32, pow2_floor(by_shape), pow2_floor(1.5 * cores / tiles))))
+
+
 def flavour_of(target) -> str:
     kind = getattr(target, "kind", "") if target is not None else ""
     return "tpu" if kind == "tpu" else "gpu"
@@ -76,6 +104,7 @@ class Fusion:
     made: set[Edge] = field(default_factory=set)
     layout_copies: list[tuple[int, int]] = field(default_factory=list)   # (value, matmul op) copied to the
                                                                           # layout the matmul needs
+    split_k: frozenset[int] = frozenset()   # matmuls XLA:GPU splits along K (partial sums through memory)
 
 
 class _State:
@@ -176,21 +205,23 @@ def _splits_k(target) -> bool:
 
 
 def _gemm_epilogues(program, st: "_State", forbid: set[Edge], made: set[Edge], split_k: bool,
-                    flavour: str = "gpu") -> None:
+                    flavour: str = "gpu") -> frozenset[int]:
     """XLA:GPU's GEMM fusions take the cheap elementwise ops after a matmul (scale, bias, residual add, ReLU, an
     output convert) for as long as each is the only reader of the value before it and keeps its shape; an op
     with a transcendental (GELU's tanh), a reduction or a second reader ends the chain. A GEMM XLA splits along
-    K (``split_k``: an output of fewer than ``SPLIT_K_OUTPUT_PER_K`` x K elements per batch) writes partial sums that
+    K (``split_k``: ``split_k_factor`` of its shape above 1) writes partial sums that
     a reduction kernel adds up, and that kernel takes the epilogue instead. XLA:TPU's output fusion takes any
     elementwise op on the same terms, transcendentals included (``flavour="tpu"``: a bias add and GELU), before
     its loop fusion can duplicate them into the readers of the result (pattern ``dot_bias_ln``: the bias add
     stays with the matmul while the f32 convert after it is recomputed by every reader)."""
     graph, cls = program.graph, st.cls
+    split: set[int] = set()
     for m in sorted(o for o in st.parent if cls[o] == "matmul"):
         if st.members[st.find(m)] != [m]:
             continue
         g = program.works[m].gemm
-        if split_k and g is not None and g.m * g.n < SPLIT_K_OUTPUT_PER_K * g.k:
+        if split_k and g is not None and split_k_factor(g.m, g.n, g.k, g.batch) > 1:
+            split.add(m)
             continue
         last, elements = m, graph.values[graph.ops[m].results[0]].elements
         batch = len((graph.ops[m].attrs.get("dot_dimension_numbers") or {}).get("lhs_batch", ()))
@@ -216,6 +247,7 @@ def _gemm_epilogues(program, st: "_State", forbid: set[Edge], made: set[Edge], s
             st.union(m, u)
             made.add((last, u))
             last = u
+    return frozenset(split)
 
 
 def _computed_from_nothing(program, cls: dict[int, str], flavour: str) -> frozenset[int]:
@@ -386,8 +418,9 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
         return any(_widening_broadcast_reader(program, st, r) for r in graph.ops[p].results)
 
     # 0. a matmul's epilogue: the chain of (on a GPU cheap) elementwise ops that alone read its result
+    split: frozenset[int] = frozenset()
     if flavour == "gpu" and matmul_epilogue and not aggressive:
-        _gemm_epilogues(program, st, forbid, made, split_k=_splits_k(target))
+        split = _gemm_epilogues(program, st, forbid, made, split_k=_splits_k(target))
     elif tpu and matmul_epilogue:
         _gemm_epilogues(program, st, forbid, made, split_k=False, flavour="tpu")
 
@@ -445,7 +478,7 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
     roots = sorted(st.members, key=lambda r: min(st.members[r]))
     relayout = _layout_copies(program, st) if flavour == "gpu" and not aggressive else []
     return Fusion(groups=[sorted(st.members[r]) for r in roots], copies=[frozenset(st.copies[r]) for r in roots],
-                  made=made, layout_copies=relayout)
+                  made=made, layout_copies=relayout, split_k=split)
 
 
 def gemm_ready(shape_rank: int, batch: tuple[int, ...], contract: tuple[int, ...]) -> bool:
