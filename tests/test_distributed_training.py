@@ -478,3 +478,23 @@ def test_the_training_validator_prices_a_megatron_row_within_its_closed_form_mem
     assert row["plan"]["tp"] == t and row["plan"]["pp"] == p and row["plan"]["microbatches"] == 1536 // 4
     reasons = {x["case"]: x["reason"] for x in doc["not_priced"]}
     assert "no preset" in reasons[gb200["case_id"]] and "no step time" in reasons["no_step"]
+
+
+def test_full_recompute_under_sequence_parallelism_gathers_activations_not_weights(h100):
+    # jax.checkpoint hands a recomputed block its weights through an optimization barrier; the tensor-parallel
+    # weights stay split through it, so the recomputed projections all-gather their (sequence-split) inputs as
+    # the forward pass does (and the backward pass reuses them): recompute adds at most the forward pass's
+    # collectives, and never relays out the attention (an all-to-all)
+    def moved(prog):
+        est = explorer.estimate(prog, h100, TP_SP)
+        out: dict = {}
+        for e in est._plan.extra_kernels:
+            kind = e.name.split("{")[0]
+            out[(e.phase, kind)] = out.get((e.phase, kind), 0.0) + float(e.work.collective_bytes)
+        return out
+
+    plain, full = moved(_program(2, "none")), moved(_program(2, "full"))
+    phase = lambda d, ph: sum(b for (p, _), b in d.items() if p == ph)   # noqa: E731
+    assert phase(full, "forward") == pytest.approx(phase(plain, "forward"))
+    assert phase(full, "backward") <= phase(plain, "backward") + phase(plain, "forward") * (1 + 1e-9)
+    assert ("backward", "all_to_all") not in full

@@ -614,6 +614,13 @@ class _Partitioner:
             kept = self.pinned[op.operands[0]] & {a for d in c.results[0].dims for a in d}
             if kept:
                 self.pinned[op.results[0]] = frozenset(kept)
+        # and through the optimization barrier jax.checkpoint wraps a recomputed block's inputs in (its weights
+        # among them): operand i comes out as result i
+        if op.name == "stablehlo.optimization_barrier" and len(op.operands) == len(op.results):
+            for v, r, spec in zip(op.operands, op.results, c.results):
+                kept = self.pinned.get(v, frozenset()) & {a for d in spec.dims for a in d}
+                if kept:
+                    self.pinned[r] = frozenset(kept)
         self.labels[op.id] = c.label
         w = self.program.works[op.id]
         if w is None:
