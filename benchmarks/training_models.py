@@ -93,36 +93,50 @@ def _w(cfg: Model, w):
 
 def _dense(cfg: Model, x, w, spec: str):
     if cfg.matmul_dtype == "float8":
-        return _fp8_dense(spec, x, _w(cfg, w))
+        return _fp8_dense((spec,), x, (_w(cfg, w),))[0]
     return jnp.einsum(spec, x.astype(BF), _w(cfg, w).astype(BF), preferred_element_type=BF)
 
 
-def _fp8_dense(spec: str, x, w):
-    """TransformerEngine's FP8 recipe for one matmul: the forward GEMM on e4m3 casts of the input and the weight
-    (saved, 1 byte per element, for the backward pass), and both backward GEMMs (input gradient, weight gradient) on
-    8-bit casts of the output gradient as well (TE's HYBRID recipe casts gradients to e5m2; e4m3 here, the same
-    size and GEMM rate), bf16 results. Scaling factors are left out."""
-    ins, out = spec.split("->")
-    a, b = ins.split(",")
-    f8, xdt, wdt = jnp.float8_e4m3fn, x.dtype, w.dtype
+def _denses(cfg: Model, x, ws, specs):
+    """Several projections of one input (Q, K, V; the gate and up projections): in FP8 the input is cast once and
+    that one 8-bit copy is read by every GEMM and saved once, as TransformerEngine's fused QKV and fc1 GEMMs do."""
+    if cfg.matmul_dtype == "float8":
+        return _fp8_dense(tuple(specs), x, tuple(_w(cfg, w) for w in ws))
+    return [_dense(cfg, x, w, spec) for w, spec in zip(ws, specs)]
+
+
+def _fp8_dense(specs: tuple, x, ws: tuple):
+    """TransformerEngine's FP8 recipe for the matmuls of one input: the forward GEMMs on e4m3 casts of the input
+    (one, shared) and of the weights (saved, 1 byte per element, for the backward pass), and both backward GEMMs
+    (input gradient, weight gradient) on 8-bit casts of the output gradients as well (TE's HYBRID recipe casts
+    gradients to e5m2; e4m3 here, the same size and GEMM rate), bf16 results. Scaling factors are left out."""
+    f8, xdt, wdts = jnp.float8_e4m3fn, x.dtype, [w.dtype for w in ws]
+    parts = [spec.split("->") for spec in specs]
+
+    def forward(x8, w8s):
+        return [jnp.einsum(spec, x8, w8, preferred_element_type=BF) for spec, w8 in zip(specs, w8s)]
 
     @jax.custom_vjp
-    def mm(x, w):
-        return jnp.einsum(spec, x.astype(f8), w.astype(f8), preferred_element_type=BF)
+    def mm(x, ws):
+        return forward(x.astype(f8), [w.astype(f8) for w in ws])
 
-    def fwd(x, w):
-        x8, w8 = x.astype(f8), w.astype(f8)
-        return jnp.einsum(spec, x8, w8, preferred_element_type=BF), (x8, w8)
+    def fwd(x, ws):
+        x8, w8s = x.astype(f8), [w.astype(f8) for w in ws]
+        return forward(x8, w8s), (x8, w8s)
 
-    def bwd(res, g):
-        x8, w8 = res
-        g8 = g.astype(f8)
-        dx = jnp.einsum(f"{out},{b}->{a}", g8, w8, preferred_element_type=BF).astype(xdt)
-        dw = jnp.einsum(f"{a},{out}->{b}", x8, g8, preferred_element_type=BF).astype(wdt)
-        return dx, dw
+    def bwd(res, gs):
+        x8, w8s = res
+        dx, dws = None, []
+        for (ins, out), w8, g, wdt in zip(parts, w8s, gs, wdts):
+            a, b = ins.split(",")
+            g8 = g.astype(f8)
+            d = jnp.einsum(f"{out},{b}->{a}", g8, w8, preferred_element_type=BF)
+            dx = d if dx is None else dx + d
+            dws.append(jnp.einsum(f"{a},{out}->{b}", x8, g8, preferred_element_type=BF).astype(wdt))
+        return dx.astype(xdt), tuple(dws)
 
     mm.defvjp(fwd, bwd)
-    return mm(x, w)
+    return mm(x, tuple(ws))
 
 
 def _norm(cfg: Model, p, x):
@@ -151,9 +165,9 @@ def _core_attention(q, k, v, causal: bool = True, flash: bool = False):
 def _attention(cfg: Model, p, h, cache=None, pos=None):
     b, s, _ = h.shape
     g = cfg.n_heads // cfg.kv
-    q = _dense(cfg, h, p["q_proj"]["kernel"], "bsd,dhe->bshe").reshape(b, s, cfg.kv, g, cfg.hd)
-    k = _dense(cfg, h, p["k_proj"]["kernel"], "bsd,dhe->bshe")
-    v = _dense(cfg, h, p["v_proj"]["kernel"], "bsd,dhe->bshe")
+    q, k, v = _denses(cfg, h, [p["q_proj"]["kernel"], p["k_proj"]["kernel"], p["v_proj"]["kernel"]],
+                      ["bsd,dhe->bshe"] * 3)
+    q = q.reshape(b, s, cfg.kv, g, cfg.hd)
     new_cache = None
     if cache is not None:
         k = jax.lax.dynamic_update_slice(cache["k"], k, (0, pos, 0, 0))
@@ -171,8 +185,8 @@ def _mlp(cfg: Model, p, h):
         # the gate's activation recomputed in the backward pass from the two projections, as the frameworks' fused
         # SwiGLU kernels do (Megatron-Core's bias_swiglu, TransformerEngine, MaxText): saved are the gate and up
         # projections and the product (the down projection's input), not silu(gate) besides
-        u = jax.checkpoint(lambda g, v: jax.nn.silu(g) * v)(
-            _dense(cfg, h, p["gate_proj"]["kernel"], "bsd,df->bsf"), _dense(cfg, h, p["up_proj"]["kernel"], "bsd,df->bsf"))
+        gate, up = _denses(cfg, h, [p["gate_proj"]["kernel"], p["up_proj"]["kernel"]], ["bsd,df->bsf"] * 2)
+        u = jax.checkpoint(lambda g, v: jax.nn.silu(g) * v)(gate, up)
         return _dense(cfg, u, p["down_proj"]["kernel"], "bsf,fd->bsd")
     if cfg.mlp == "relu":
         return _dense(cfg, jax.nn.relu(_dense(cfg, h, p["wi"]["kernel"], "bsd,df->bsf")), p["wo"]["kernel"], "bsf,fd->bsd")

@@ -547,6 +547,12 @@ def _read_sources(program, plan: Plan, v: int, reader, operand_index: int, kerne
             yield from _read_sources(program, plan, u, graph.ops[p], j, kernel_ops, members, recomputed)
         return
     nbytes = plan.nbytes(program, v)
+    if reader.name == "stablehlo.scatter" and operand_index < len(reader.results):
+        # updated in place: only the elements the updates touch are read (and written back), not the buffer
+        updates = reader.operands[len(reader.results) + 1:]
+        touched = float(sum(plan.nbytes(program, u) for u in updates))
+        yield v, min(nbytes, touched)
+        return
     if reader.name in PARTIAL_READERS and operand_index == 0:
         if reader.name == "stablehlo.dynamic_update_slice":
             nbytes = 0.0   # in place: the buffer is not read

@@ -429,12 +429,23 @@ def test_fp8_matmuls_run_forward_and_backward_in_8_bits():
     b, d = 8, 64
 
     def loss(w, x):
-        return tm._fp8_dense("bd,de->be", x, w).astype(jnp.float32).sum()
+        return tm._fp8_dense(("bd,de->be",), x, (w,))[0].astype(jnp.float32).sum()
 
     prog = explorer.lower(jax.value_and_grad(loss, argnums=(0, 1)), S((d, d), BF), S((b, d), BF))
     by = prog.flops_by_dtype()["matrix"]
     assert by.get("f8E4M3FN", 0) == 3 * 2 * b * d * d
     assert by.get("bf16", 0) == 0
+
+    # projections of one input (Q, K, V) share its one 8-bit cast, as TransformerEngine's fused QKV GEMM
+    def qkv(ws, x):
+        return sum(y.astype(jnp.float32).sum() for y in tm._fp8_dense(("bd,de->be",) * 3, x, ws))
+
+    prog = explorer.lower(jax.value_and_grad(qkv, argnums=(0, 1)), (S((d, d), BF),) * 3, S((b, d), BF))
+    assert prog.flops_by_dtype()["matrix"].get("f8E4M3FN", 0) == 3 * 3 * 2 * b * d * d
+    casts = [op for op in prog.graph.ops if op.name == "stablehlo.convert"
+             and str(prog.graph.values[op.results[0]].dtype).startswith("f8")
+             and tuple(prog.graph.values[op.results[0]].shape) == (b, d)]
+    assert len(casts) == 1 + 3          # the input once, and each output gradient
 
 
 # -- the training validator ------------------------------------------------------------------------------------
