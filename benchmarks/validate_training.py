@@ -24,7 +24,8 @@ parallel plan the source used:
   ``remat_policy`` as written (``minimal``: the projection matmuls' outputs saved; ``full``);
 - inference (Pope et al. 2022 PaLM 540B decode on TPU v4): one decode step, int8 weights, weights split over all
   chips (tensor parallel over ``model``, the rest of the weight over ``x`` as FSDP-style 2-D weight-stationary
-  layout), the KV cache of the row's context.
+  layout), the KV cache of the row's context split over the batch on every chip (batch-sharded multiquery
+  attention: the queries move to the cache, never the cache).
 
 With sequence parallelism (and MaxText's tensor axis) the tokens are pinned sequence-split over the tensor axis,
 so the residual stream is split from the embedding on (Megatron-SP scatters the embedding's output; MaxText shards
@@ -234,7 +235,8 @@ def parse(r: dict) -> Row:
         plan.tp, plan.fsdp = 16, max(1, chips // 16)
         batch = gbs or 1
         assumptions.append(f"weights 2-D over {chips} chips: model16 x x{plan.fsdp}, pinned (Pope et al.'s 2-D "
-                           "weight-stationary layout; activations moved, never weights)")
+                           "weight-stationary layout; activations moved, never weights); KV cache split over the "
+                           "batch on every chip (their batch-sharded multiquery attention)")
     else:
         plan.tp, plan.pp, plan.dp, plan.cp = _int(r, "tp"), _int(r, "pp"), _int(r, "dp"), _int(r, "cp")
         mb = _int(r, "micro_batch", 0)
@@ -303,6 +305,10 @@ def _shard(row: Row) -> Shard:
             "*q_proj*kernel*=x:model:_", "*k_proj*kernel*=x:_:_", "*v_proj*kernel*=x:_:_",
             "*o_proj*kernel*=model:_:x", "*gate_proj*kernel*=x:model", "*up_proj*kernel*=x:model",
             "*down_proj*kernel*=model:x", "*wte*embedding*=model:x"))
+        if row.batch % (p.tp * p.fsdp) == 0:
+            # Pope et al.'s batch-sharded multiquery attention: the (one-head) KV cache split over the batch on every
+            # chip, so each reads its own sequences' keys and values once (the queries move, not the cache)
+            opts["pins"] += ";*cache*=x+model:_:_:_"
     return Shard(mesh=mesh, **opts)
 
 

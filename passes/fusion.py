@@ -37,6 +37,7 @@ from explorer.graph.gcpause import paused_gc
 from explorer.graph.importer import GROUPING_OPS
 
 from . import fusion_xla
+from .fusion_masks import skipped_tile_works
 from .fusion_ops import (GENERATORS, IN_PLACE_ROOTS, MATMUL, PARTIAL_READERS, REDUCE, Edge, kernel_readers,
                          materialised, op_class, producer_through_views)
 from .pipeline import register
@@ -147,6 +148,13 @@ class Fuse:
             groups, copies, _ = self._fuse(program, target)
             split_k = frozenset()
         kernels = build_kernels(program, groups, target, plan=plan, copies=copies, split_k=split_k)
+        if self.strategy == "aggressive" and target is not None:
+            # a FlashAttention-style kernel skips the tiles a causal (structural) mask hides
+            thinned = skipped_tile_works(program, plan, kernels, target)
+            if thinned:
+                plan = plan.with_(work_overrides={**(plan.work_overrides or {}), **thinned},
+                                  notes=plan.notes + (f"fuse: {len(thinned)} ops of masked attention kernels priced on "
+                                                      "the tiles their mask keeps",))
         return plan.with_(kernels=kernels, extra_kernels=plan.extra_kernels + extra)
 
     def _decision(self, program, target, boundaries: frozenset[Edge] = frozenset()) -> fusion_xla.Fusion:

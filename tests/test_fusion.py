@@ -293,3 +293,50 @@ def test_split_k_factor_follows_what_xla_chose():
     assert exact >= 12, got
     assert all(0.5 <= got[key] / s <= 2 for key, s in XLA_SPLIT_K_H100.items()), got
     assert split_k_factor(1024, 1024, 256) == 1          # a large output for its K is not split
+
+
+def _attention(causal: str):
+    def attn(q, k, v, lengths=None):
+        s = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / 128 ** 0.5
+        n, t = q.shape[2], k.shape[2]
+        if causal == "causal":
+            s = jnp.where(jnp.tril(jnp.ones((n, t), bool)), s, -1e30)
+        elif causal == "window":                    # sliding window of 512 keys behind each query
+            i, j = jnp.arange(n)[:, None], jnp.arange(t)[None, :]
+            s = jnp.where((j <= i) & (j > i - 512), s, -1e30)
+        elif causal == "padding":                   # from data: which keys exist, per sequence
+            s = jnp.where(jnp.arange(t)[None, None, None, :] < lengths[:, None, None, None], s, -1e30)
+        return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s, axis=-1).astype(jnp.bfloat16), v)
+    return attn
+
+
+def test_a_fused_attention_skips_the_tiles_a_causal_mask_hides():
+    # FlashAttention loops only over the key tiles a query tile sees: with 128 x 128 tiles over 4096 x 4096 scores,
+    # (32 * 33 / 2) of the 32 x 32 tile pairs = 33/64 of the work; a 512-key window sees 5 key tiles per query
+    # tile (4 at the start); a mask read from data is priced whole
+    from passes.fusion_masks import computed_fraction
+    h100 = hw_targets.load("h100_sxm")
+    shape = (2, 8, 4096, 128)
+    q = [S(shape, jnp.bfloat16)] * 3
+    tiles = h100.compute.matrix_tile[0], h100.compute.matrix_tile[1]
+    assert tiles == (128, 128)
+    est = {}
+    for kind in ("none", "causal", "window"):
+        prog = explorer.lower(_attention(kind), *q)
+        est[kind] = explorer.estimate(prog, h100, "fuse{strategy=aggressive}")
+    assert est["causal"].flops / est["none"].flops == pytest.approx(33 / 64, rel=0.01)
+    assert est["causal"].seconds < 0.6 * est["none"].seconds
+    n = 4096 // 128
+    window = (5 * n - 4 - 3 - 2 - 1) / (n * n)        # query tile i sees min(i, 4) + 1 key tiles
+    # the flops also hold the few ops not on score-shaped values (the output's normalisation), priced whole
+    assert window <= est["window"].flops / est["none"].flops < window + 0.01
+    prog = explorer.lower(_attention("padding"), *q, S((2,), jnp.int32))
+    padded = explorer.estimate(prog, h100, "fuse{strategy=aggressive}")
+    assert padded.flops == pytest.approx(est["none"].flops, rel=0.01)
+    # XLA's fusion does not make attention one kernel, so nothing is skipped there
+    xla = explorer.estimate(explorer.lower(_attention("causal"), *q), h100, "fuse{strategy=xla}")
+    assert xla.flops == pytest.approx(est["none"].flops, rel=0.01)
+    for kind, want in (("causal", 33 / 64), ("window", window)):
+        g = explorer.lower(_attention(kind), *q).graph
+        sel = next(op for op in g.ops if op.name == "stablehlo.select" and len(g.values[op.results[0]].shape) == 4)
+        assert computed_fraction(g, sel.operands[0], tiles) == pytest.approx(want)
