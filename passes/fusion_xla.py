@@ -740,6 +740,11 @@ def _matmuls_feeding(program, st: _State, vid: int, depth: int = 64) -> tuple[li
             continue
         cls = st.cls.get(p)
         if cls == "matmul":
+            # FlashAttention's backward has two first matmuls of one shape (the scores, dO V^T); a third, or one of
+            # another shape (a residual stream reaching back into the layers before), is no chain: stop walking
+            size = graph.values[graph.ops[p].results[0]].elements
+            if any(graph.values[graph.ops[f].results[0]].elements != size for f in found) or len(found | {p}) > 2:
+                return None
             found.add(p)
             continue
         if cls in ("opaque", "root", None):

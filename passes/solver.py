@@ -36,6 +36,7 @@ class Solved:
     message: str
     node_limit: int
     time_limit_s: float
+    mip_rel_gap: float = 1e-9
 
     @property
     def note(self) -> str:
@@ -43,7 +44,8 @@ class Solved:
         if self.x is None:
             return f"no feasible solution found ({self.message})"
         if self.optimal:
-            return f"optimal after {self.nodes} branch-and-bound nodes"
+            within = f" (within {self.mip_rel_gap:.2%})" if self.mip_rel_gap >= 1e-6 else ""
+            return f"optimal{within} after {self.nodes} branch-and-bound nodes"
         why = (f"the wall-clock limit of {self.time_limit_s:g} s (this result may differ between runs)"
                if "time limit" in self.message.lower() else f"the work limit of {self.node_limit} nodes")
         gap = f", optimality gap {self.gap:.2%}" if self.gap is not None and self.gap == self.gap else ""
@@ -81,15 +83,18 @@ def quiet_stdout() -> Iterator[None]:
 
 
 def solve_milp(c, *, integrality, bounds, constraints, node_limit: int = DEFAULT_NODE_LIMIT,
-               time_limit_s: float = 0.0, mip_rel_gap: float = 1e-9) -> Solved:
-    """``scipy.optimize.milp`` under a node limit (deterministic), optionally a wall-clock limit, printing nothing."""
+               time_limit_s: float = 0.0, mip_rel_gap: float = 1e-9, presolve: bool = True) -> Solved:
+    """``scipy.optimize.milp`` under a node limit (deterministic), optionally a wall-clock limit, printing nothing.
+    ``mip_rel_gap``: stop once the best solution is proved within this fraction of optimal; ``presolve``: HiGHS's
+    presolve (both deterministic)."""
     from scipy.optimize import milp
 
     if not isinstance(node_limit, int) or isinstance(node_limit, bool) or node_limit < 1:
         raise ValueError(f"node_limit must be a positive int, got {node_limit!r}")
     if not time_limit_s >= 0:
         raise ValueError(f"time_limit_s must be >= 0 (0: no wall-clock limit), got {time_limit_s!r}")
-    options: dict[str, Any] = {"disp": False, "node_limit": node_limit, "mip_rel_gap": mip_rel_gap}
+    options: dict[str, Any] = {"disp": False, "node_limit": node_limit, "mip_rel_gap": mip_rel_gap,
+                               "presolve": bool(presolve)}
     if time_limit_s > 0:
         options["time_limit"] = float(time_limit_s)
     with quiet_stdout():
@@ -97,4 +102,5 @@ def solve_milp(c, *, integrality, bounds, constraints, node_limit: int = DEFAULT
     fun = float(res.fun) if res.fun is not None else float("nan")
     gap = float(res.mip_gap) if getattr(res, "mip_gap", None) is not None else float("nan")
     return Solved(x=res.x, objective=fun, optimal=res.status == 0, nodes=int(res.mip_node_count or 0), gap=gap,
-                  message=str(res.message), node_limit=node_limit, time_limit_s=float(time_limit_s))
+                  message=str(res.message), node_limit=node_limit, time_limit_s=float(time_limit_s),
+                  mip_rel_gap=float(mip_rel_gap))
