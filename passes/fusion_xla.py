@@ -27,6 +27,7 @@ Fusion never crosses a loop or branch boundary. Decisions do not read the target
 """
 from __future__ import annotations
 
+import heapq
 import math
 
 from dataclasses import dataclass, field
@@ -589,18 +590,24 @@ class _Order:
             return None
         moved: list[int] = []
         seen: set[int] = set()
-        stack = [x for x in succ_first if x != second]
-        while stack:
-            x = stack.pop()
+        # latest first: a path to ``second`` climbs the order, so a merge that would make a cycle is refused after a
+        # few steps instead of a walk over everything between the two (the answer is the same either way)
+        index = self.index
+        heap = [(-index[x], x) for x in succ_first if x != second and index[x] <= bound]
+        heapq.heapify(heap)
+        while heap:
+            _, x = heapq.heappop(heap)
             if x == second:
                 return None              # a path through another node: merging would make a cycle
-            if x in seen or self.index[x] > bound:
+            if x in seen:
                 continue
             seen.add(x)
             if len(seen) > limit:
                 return None
             moved.append(x)
-            stack.extend(self.succ(x))
+            for y in self.succ(x):
+                if y not in seen and index[y] <= bound:
+                    heapq.heappush(heap, (-index[y], y))
         lo = self.index[first]
         window = self.order[lo:bound + 1]
         keep = [n for n in window if n is not None and n != first and n not in seen]
