@@ -57,6 +57,7 @@ class Model:
     tied: bool = True
     learned_pos: bool = True
     attention: str = "plain"         # plain | flash
+    dropout: float = 0.0             # hidden and attention dropout rate (Megatron-LM's default 0.1; Llama: none)
     remat: str = "none"              # none | full | selective | minimal
     param_dtype: str = "bfloat16"    # bfloat16 (f32 master weights in the optimizer) | float32
     matmul_dtype: str = "bfloat16"   # bfloat16 | float8
@@ -148,7 +149,17 @@ def _norm(cfg: Model, p, x):
     return ((x32 - mu) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["bias"]).astype(BF)
 
 
-def _core_attention(q, k, v, causal: bool = True, flash: bool = False):
+def _dropout(rate: float, key, x):
+    """(key, x with ``rate`` of its elements zeroed and the rest scaled): 8-bit random bits from the key (one byte
+    of mask per element, as Megatron's fused dropout keeps), no-op at rate 0."""
+    if not rate or key is None:
+        return key, x
+    key, bits = jax.lax.rng_bit_generator(key, x.shape, dtype=jnp.uint8)
+    keep = 1.0 - rate
+    return key, jnp.where(bits < jnp.uint8(int(256 * keep)), x * jnp.asarray(1 / keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def _core_attention(q, k, v, causal: bool = True, flash: bool = False, rate: float = 0.0, key=None):
     """q [b, s, kv, g, e], k / v [b, t, kv, e] -> [b, s, kv, g, e] (f32 softmax, causal). ``flash``: the scores
     leave the matmul in 16 bits and are widened for the softmax, so the backward's dQ and dK matmuls take a 16-bit
     dS as FlashAttention's do (an f32 score matmul would make them f32 matmuls)."""
@@ -159,10 +170,11 @@ def _core_attention(q, k, v, causal: bool = True, flash: bool = False):
         mask = jnp.tril(jnp.ones((s, t), bool), t - s)
         scores = jnp.where(mask, scores, -1e30)
     probs = jax.nn.softmax(scores, axis=-1).astype(BF)
-    return jnp.einsum("bkgst,btke->bskge", probs, v, preferred_element_type=BF)
+    key, probs = _dropout(rate, key, probs)
+    return jnp.einsum("bkgst,btke->bskge", probs, v, preferred_element_type=BF), key
 
 
-def _attention(cfg: Model, p, h, cache=None, pos=None):
+def _attention(cfg: Model, p, h, cache=None, pos=None, key=None):
     b, s, _ = h.shape
     g = cfg.n_heads // cfg.kv
     q, k, v = _denses(cfg, h, [p["q_proj"]["kernel"], p["k_proj"]["kernel"], p["v_proj"]["kernel"]],
@@ -175,9 +187,10 @@ def _attention(cfg: Model, p, h, cache=None, pos=None):
         new_cache = {"k": k, "v": v}
     core = _core_attention
     if cfg.attention == "flash" or cfg.remat == "selective":
-        core = jax.checkpoint(core, static_argnums=(3, 4))
-    o = core(q, k, v, cache is None, cfg.attention == "flash").reshape(b, s, cfg.n_heads, cfg.hd)
-    return _dense(cfg, o, p["o_proj"]["kernel"], "bshe,hed->bsd"), new_cache
+        core = jax.checkpoint(core, static_argnums=(3, 4, 5))
+    o, key = core(q, k, v, cache is None, cfg.attention == "flash", cfg.dropout if key is not None else 0.0, key)
+    o = o.reshape(b, s, cfg.n_heads, cfg.hd)
+    return _dense(cfg, o, p["o_proj"]["kernel"], "bshe,hed->bsd"), new_cache, key
 
 
 def _mlp(cfg: Model, p, h):
@@ -194,20 +207,26 @@ def _mlp(cfg: Model, p, h):
                   "bsf,fd->bsd")
 
 
-def _block(cfg: Model, p, x, cache=None, pos=None):
+def _block(cfg: Model, p, x, cache=None, pos=None, key=None):
+    """(x, cache, key): one block; with a key (training, ``cfg.dropout`` > 0) the attention probabilities and
+    both sublayers' outputs are dropped out before the residual adds, as Megatron-LM's blocks do."""
+    rate = cfg.dropout if key is not None else 0.0
     if cfg.parallel_block:
         h = _norm(cfg, p["ln_1"], x)
         with jax.named_scope("attn"):
-            a, cache = _attention(cfg, p["attn"], h, cache, pos)
+            a, cache, key = _attention(cfg, p["attn"], h, cache, pos, key)
+            key, a = _dropout(rate, key, a)
         with jax.named_scope("mlp"):
-            m = _mlp(cfg, p["mlp"], h)
-        return x + a + m, cache
+            key, m = _dropout(rate, key, _mlp(cfg, p["mlp"], h))
+        return x + a + m, cache, key
     with jax.named_scope("attn"):
-        a, cache = _attention(cfg, p["attn"], _norm(cfg, p["ln_1"], x), cache, pos)
+        a, cache, key = _attention(cfg, p["attn"], _norm(cfg, p["ln_1"], x), cache, pos, key)
+        key, a = _dropout(rate, key, a)
         x = x + a
     with jax.named_scope("mlp"):
-        x = x + _mlp(cfg, p["mlp"], _norm(cfg, p["ln_2"], x))
-    return x, cache
+        key, m = _dropout(rate, key, _mlp(cfg, p["mlp"], _norm(cfg, p["ln_2"], x)))
+        x = x + m
+    return x, cache, key
 
 
 def _remat(cfg: Model, fn: Callable) -> Callable:
@@ -218,17 +237,21 @@ def _remat(cfg: Model, fn: Callable) -> Callable:
     return fn
 
 
-def forward(cfg: Model, params, tokens):
-    """Logits [batch, seq, vocab] (f32)."""
+def forward(cfg: Model, params, tokens, key=None):
+    """Logits [batch, seq, vocab] (f32); ``key``: the dropout key (training with ``cfg.dropout``)."""
     with jax.named_scope("wte"):
         x = _w(cfg, params["wte"]["embedding"]).astype(BF)[tokens]
     if cfg.learned_pos:
         with jax.named_scope("wpe"):
             x = x + _w(cfg, params["wpe"]["embedding"]).astype(BF)[None, : tokens.shape[1]]
-    block = _remat(cfg, lambda p, x: _block(cfg, p, x)[0])
+    def one(p, x, key):
+        x, _, key = _block(cfg, p, x, key=key)
+        return x, key
+
+    block = _remat(cfg, one)
     for i in range(cfg.n_layers):
         with jax.named_scope(f"h_{i}"):
-            x = block(params[f"h_{i}"], x)
+            x, key = block(params[f"h_{i}"], x, key)
     with jax.named_scope("head"):
         x = _norm(cfg, params["ln_f"], x)
         head = params["wte"]["embedding"].T if cfg.tied else params["lm_head"]["kernel"]
@@ -274,7 +297,7 @@ def train_program(cfg: Model, batch: int, learning_rate: float = 1e-4):
     master = cfg.param_dtype == "bfloat16"
 
     def loss_fn(p, data):
-        logits = forward(cfg, p, data["tokens"])
+        logits = forward(cfg, p, data["tokens"], data.get("key"))
         return optax.softmax_cross_entropy_with_integer_labels(logits, data["targets"]).mean()
 
     def train_step(params, opt_state, data):
@@ -292,6 +315,8 @@ def train_program(cfg: Model, batch: int, learning_rate: float = 1e-4):
     adam = jax.eval_shape(tx.init, f32_params)
     opt_state = (f32_params, adam) if master else adam
     data = {"tokens": S((batch, cfg.seq), jnp.int32), "targets": S((batch, cfg.seq), jnp.int32)}
+    if cfg.dropout:
+        data["key"] = S((4,), jnp.uint32)        # the random generator's state (rng_bit_generator's default key)
     return train_step, (params, opt_state, data)
 
 
@@ -305,7 +330,7 @@ def decode_program(cfg: Model, batch: int, context: int):
         new = {}
         for i in range(cfg.n_layers):
             with jax.named_scope(f"h_{i}"):
-                x, new[f"h_{i}"] = _block(cfg, params[f"h_{i}"], x, cache[f"h_{i}"], pos)
+                x, new[f"h_{i}"], _ = _block(cfg, params[f"h_{i}"], x, cache[f"h_{i}"], pos)
         with jax.named_scope("head"):
             x = _norm(cfg, params["ln_f"], x)
             head = params["wte"]["embedding"].T if cfg.tied else params["lm_head"]["kernel"]

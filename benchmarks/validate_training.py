@@ -12,7 +12,7 @@ parallel plan the source used:
   Megatron tensor parallelism, no sequence parallelism, pipeline parallelism over ``pp`` stages (outermost) with
   ``m = global_batch / (dp * micro_batch)`` microbatches, 1F1B; full recomputation as written; mixed-precision
   Adam (bf16 weights, f32 master weights and moments); attention scores written out (no FlashAttention in 2021),
-  fusion ``xla``;
+  hidden and attention dropout 0.1 (Megatron-LM's defaults), fusion ``xla``;
 - NeMo (Megatron-Core) and Llama 3: the same, plus sequence parallelism, the distributed optimizer (``zero1``;
   Llama 3's "FSDP-style DP" keeps parameters gathered across a step's microbatches, which is ZeRO-1/2's memory),
   context parallelism (``seq`` axis), interleaved 1F1B with the row's ``vp``, FP8 matmul operands where the row
@@ -181,6 +181,8 @@ def parse(r: dict) -> Row:
         remat = "full"
     else:
         remat = "none"
+    if family in ("megatron", "mtnlg"):
+        assumptions.append("hidden and attention dropout 0.1 (Megatron-LM's defaults; the source gives none)")
     if family == "mtnlg" and remat == "none":
         # the row gives none; MT-NLG ran on the Megatron-LM code base of the 2021 runs, which recomputed every layer
         remat = "full"
@@ -203,6 +205,7 @@ def parse(r: dict) -> Row:
                          attention="flash" if flash else "plain", remat=remat if kind == "train" else "none",
                          param_dtype="float32" if maxtext else "bfloat16",
                          matmul_dtype="float8" if fp8 else "bfloat16",
+                         dropout=0.1 if family in ("megatron", "mtnlg") else 0.0,
                          weight_dtype="int8" if "int8" in r["dtype"].lower() else "")
     except ValueError as exc:
         why = why or f"model not buildable: {exc}"
@@ -316,10 +319,11 @@ def closed_form_memory(row: Row) -> dict | None:
     """Korthikanti et al. 2022 closed forms for the first pipeline stage of a Megatron-style GPT row (bytes per
     device), with the state at the program's 16 bytes per parameter (bf16 weight 2 + bf16 gradient 2 + f32 master
     weight and two moments 12, the 12 divided over dp by the distributed optimizer; Megatron's fp32 gradient
-    accumulation buffer would make it 18). The builder has no dropout, so the no-recompute form loses the two
-    ``s b h`` dropout masks and the attention mask and dropout output: ``s b h (8 + 24 / t) + 2 a s^2 b / t``
-    (``2 s b h`` with full recomputation does not depend on it). Only GPT rows with bf16 matmuls (the layer the paper
-    counts): the Megatron-LM and MT-NLG rows."""
+    accumulation buffer would make it 18). Activations per layer: ``s b h (10 + 24 / t) + 5 a s^2 b / t`` with
+    tensor parallelism, ``34 s b h / t + 5 a s^2 b / t`` with sequence parallelism too, ``2 s b h`` with full
+    recomputation; without dropout the two ``s b h`` dropout masks and the attention dropout's mask and output go:
+    ``s b h (8 + 24 / t) + 2 a s^2 b / t``. Only GPT rows with bf16 matmuls (the layer the paper counts): the
+    Megatron-LM and MT-NLG rows."""
     m, p = row.model, row.plan
     if (m is None or row.kind != "train" or row.family not in ("megatron", "mtnlg") or m.mlp != "gelu"
             or m.matmul_dtype != "bfloat16" or m.param_dtype != "bfloat16"):
@@ -330,12 +334,13 @@ def closed_form_memory(row: Row) -> dict | None:
     embed = tm.parameters(m, 0)
     stage_params = (per_block * L / p.pp + embed) / t           # first stage: its blocks and the embedding
     bpp = 4 + 12 / (p.dp if p.zero1 else 1)
+    drop = m.dropout > 0
     if m.remat == "full":
         per_layer = 2 * s * b * h / (t if p.sp else 1)
     elif p.sp:
-        per_layer = s * b * h * 32 / t + 2 * a * s * s * b / t
+        per_layer = s * b * h * (34 if drop else 32) / t + (5 if drop else 2) * a * s * s * b / t
     else:
-        per_layer = s * b * h * (8 + 24 / t) + 2 * a * s * s * b / t
+        per_layer = s * b * h * ((10 if drop else 8) + 24 / t) + (5 if drop else 2) * a * s * s * b / t
     held = L                                                     # 1F1B: p microbatches of L / p layers
     if p.pp > 1 and p.schedule == "interleaved":
         held = L * (1 + (p.pp - 1) / (p.pp * p.vp))

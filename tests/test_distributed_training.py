@@ -509,3 +509,21 @@ def test_full_recompute_under_sequence_parallelism_gathers_activations_not_weigh
     assert phase(full, "forward") == pytest.approx(phase(plain, "forward"))
     assert phase(full, "backward") <= phase(plain, "backward") + phase(plain, "forward") * (1 + 1e-9)
     assert ("backward", "all_to_all") not in full
+
+
+def test_dropout_bits_are_drawn_per_shard_when_the_scaled_value_comes_after_them(h100):
+    # dropout draws its bits before it scales the value it masks (x * 1/keep comes later in program order): the
+    # bits still follow the layout of what they mask, a data-parallel split, instead of being drawn whole on
+    # every device (and dragging the masked value's layout to replication)
+    def step(w, x, key):
+        def loss(w):
+            h = jax.nn.softmax((x @ w).astype(jnp.float32), axis=-1).astype(BF)     # attention probabilities
+            _, h = dropout(key, h)
+            return (h @ w).astype(jnp.float32).mean()
+        return jax.grad(loss)(w)
+
+    n, d = 8 * 256, 512
+    prog = explorer.lower(step, S((d, d), BF), S((n, d), BF), S((4,), jnp.uint32))
+    est = explorer.estimate(prog, h100, "shard{mesh=data=8,dp=data},fuse{strategy=xla}")
+    rng = [k for k in est.kernels if "rng_bit_generator" in k.name]
+    assert rng and all(k.bytes_moved <= n * d / 8 * 1.01 for k in rng), [k.bytes_moved for k in rng]

@@ -441,9 +441,13 @@ class _Partitioner:
                 for oid in users.get(u, ()):
                     o = graph.ops[oid]
                     for w in o.operands:
-                        if w not in seen and graph.values[w].shape == shape and w in self.spec:
-                            s = self.spec[w]
-                            if any(s.dims):
+                        if w in seen or graph.values[w].shape != shape:
+                            continue
+                        # the value masked may come later in program order than the bits (dropout scales it after
+                        # drawing them): then the layout of what it is computed from, through an elementwise op
+                        for cand in (w, *self._elementwise_sources(w, shape)):
+                            s = self.spec.get(cand)
+                            if s is not None and any(s.dims):
                                 return Spec(s.dims)
                     for r in o.results:
                         if r not in seen and graph.values[r].shape == shape:
@@ -451,6 +455,24 @@ class _Partitioner:
                             nxt.append(r)
             frontier = nxt
         return None
+
+    def _elementwise_sources(self, v: int, shape, depth: int = 3) -> list[int]:
+        """Values of ``shape`` that ``v`` is computed from by elementwise ops (a scale, a convert), nearest first."""
+        out, frontier = [], [v]
+        for _ in range(depth):
+            nxt = []
+            for x in frontier:
+                p = self.graph.producer(x)
+                if p is None or p.regions or len(p.results) != 1:
+                    continue
+                if not (p.name in _HINT_THROUGH or p.name.startswith("chlo.")):
+                    continue
+                for u in p.operands:
+                    if self.graph.values[u].shape == shape and u not in out:
+                        out.append(u)
+                        nxt.append(u)
+            frontier = nxt
+        return out
 
     def _price(self, op: Op, c: Choice, phase: str) -> float:
         total = 0.0
