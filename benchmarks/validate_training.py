@@ -355,32 +355,6 @@ def closed_form_memory(row: Row) -> dict | None:
 INTERLEAVED_DEGREE_OPEN = ("llama3",)
 
 
-def _interleaving_searched(row: Row) -> tuple[Row, dict] | None:
-    """For a row whose run used interleaved 1F1B of an unpublished degree: every degree that divides the layers a
-    stage holds (1 = plain 1F1B), the fastest that fits the chip (else the one that needs the least memory),
-    written in the row's assumptions."""
-    p = row.plan
-    if row.family not in INTERLEAVED_DEGREE_OPEN or p.pp <= 1 or p.vp > 1 or p.microbatches % p.pp:
-        return None
-    per_stage = -(-row.layers // p.pp)
-    tried = []
-    for v in [d for d in range(1, per_stage + 1) if per_stage % d == 0]:
-        plan = dataclasses.replace(p, vp=v, schedule="interleaved" if v > 1 else "1f1b")
-        cand = dataclasses.replace(row, plan=plan)
-        tried.append((cand, _predict(cand)))
-    fitting = [t for t in tried if t[1]["fits"]]
-    best = min(fitting, key=lambda t: t[1]["predicted_s"]) if fitting else \
-        min(tried, key=lambda t: (t[1]["memory_per_device_bytes"], t[1]["predicted_s"]))
-    listing = ", ".join(f"v{c.plan.vp} {o['predicted_s']:.3g} s {o['memory_per_device_bytes'] / 1e9:.0f} GB"
-                        for c, o in tried)
-    chosen, out = best
-    chosen.assumptions = [a for a in row.assumptions
-                          if not a.startswith(("1F1B (interleaving", "interleaved 1F1B of an unpublished"))] + [
-        f"interleaved 1F1B of an unpublished degree (Dubey et al. 2024, sec. 3.3.2): searched ({listing}), "
-        f"v{chosen.plan.vp} priced ({'fastest that fits' if fitting else 'none fits: the least memory'})"]
-    return chosen, out
-
-
 def predict(row: Row) -> dict:
     """Price the row. A row that does not say which recomputation its run used and does not fit its chip without
     any recomputes as many of each stage's blocks as it needs to fit (Megatron's ``--recompute-method block
@@ -418,13 +392,28 @@ def predict(row: Row) -> dict:
 
 
 def _price_open_plan(row: Row) -> dict:
-    """``_predict``, after searching what the row leaves open (the interleaving degree), the choice written into
-    the row's plan and assumptions."""
-    searched = _interleaving_searched(row)
-    if searched is None:
+    """``_predict``, after searching what the row leaves open, the choice written into the row's plan and
+    assumptions: for a run that used interleaved 1F1B of an unpublished degree, every degree that divides the
+    layers a stage holds (1 = plain 1F1B), the fastest that fits the chip (else the one that needs the least
+    memory)."""
+    p = row.plan
+    if row.family not in INTERLEAVED_DEGREE_OPEN or p.pp <= 1 or p.vp > 1 or p.microbatches % p.pp:
         return _predict(row)
-    chosen, out = searched
-    row.plan, row.assumptions = chosen.plan, chosen.assumptions
+    per_stage = -(-row.layers // p.pp)
+    tried = []
+    for v in [d for d in range(1, per_stage + 1) if per_stage % d == 0]:
+        plan = dataclasses.replace(p, vp=v, schedule="interleaved" if v > 1 else "1f1b")
+        tried.append((plan, _predict(dataclasses.replace(row, plan=plan))))
+    fitting = [t for t in tried if t[1]["fits"]]
+    plan, out = min(fitting, key=lambda t: t[1]["predicted_s"]) if fitting else \
+        min(tried, key=lambda t: (t[1]["memory_per_device_bytes"], t[1]["predicted_s"]))
+    listing = ", ".join(f"v{q.vp} {o['predicted_s']:.3g} s {o['memory_per_device_bytes'] / 1e9:.0f} GB"
+                        for q, o in tried)
+    row.plan = plan
+    row.assumptions = [a for a in row.assumptions
+                       if not a.startswith(("1F1B (interleaving", "interleaved 1F1B of an unpublished"))] + [
+        f"interleaved 1F1B of an unpublished degree (Dubey et al. 2024, sec. 3.3.2): searched ({listing}), "
+        f"v{plan.vp} priced ({'fastest that fits' if fitting else 'none fits: the least memory'})"]
     return out
 
 

@@ -34,21 +34,6 @@ MAX_TILES_PER_DIM = 1024    # coarser sampling beyond this (a 1M-token sequence)
 _DEPTH = 48
 
 
-def _scalar(op) -> Any:
-    raw = str(op.attrs.get("scalar_value", "None"))
-    if raw in ("True", "true"):
-        return True
-    if raw in ("False", "false"):
-        return False
-    try:
-        return int(raw)
-    except ValueError:
-        try:
-            return float(raw)
-        except ValueError:
-            return None
-
-
 def _evaluate(graph, vid: int, samples: list[np.ndarray], depth: int = 0) -> np.ndarray | None:
     """The value ``vid`` at the sampled indices (one index vector per dimension of its shape), or None when it is
     not computed from iotas and constants alone."""
@@ -60,16 +45,16 @@ def _evaluate(graph, vid: int, samples: list[np.ndarray], depth: int = 0) -> np.
     op = graph.ops[p]
     grid = tuple(len(s) for s in samples)
     if op.name == "stablehlo.iota":
-        d = int(str(op.attrs.get("iota_dimension", 0)))
+        d = int(op.attrs.get("iota_dimension", 0))
         shape = [1] * len(samples)
         shape[d] = grid[d]
         return np.broadcast_to(samples[d].reshape(shape), grid)
     if op.name == "stablehlo.constant":
-        value = _scalar(op)
+        value = op.attrs.get("scalar_value")          # the importer keeps scalar and splat constants' values
         return None if value is None else np.full(grid, value)
     if op.name == "stablehlo.broadcast_in_dim":
         src = graph.values[op.operands[0]]
-        dims = [int(x) for x in str(op.attrs.get("broadcast_dimensions", "()")).strip("()[] ").split(",") if x.strip()]
+        dims = tuple(op.attrs.get("broadcast_dimensions") or ())
         inner = [samples[d] if src.shape[i] == graph.values[vid].shape[d] else np.zeros(1, dtype=np.int64)
                  for i, d in enumerate(dims)]
         a = _evaluate(graph, op.operands[0], inner, depth + 1)
@@ -90,8 +75,7 @@ def _evaluate(graph, vid: int, samples: list[np.ndarray], depth: int = 0) -> np.
         if b is None:
             return None
         if op.name == "stablehlo.compare":
-            how = str(op.attrs.get("comparison_direction", ""))
-            fn = _COMPARE.get(how.split()[-1].strip("<>\"'") if how else "")
+            fn = _COMPARE.get(op.attrs.get("comparison_direction"))
             return None if fn is None else fn(a, b)
         return _BINARY[op.name](a, b)
     if op.name == "stablehlo.select":
@@ -110,12 +94,48 @@ def _tile_samples(size: int, tile: int) -> tuple[np.ndarray, int]:
     return np.stack([starts, ends], axis=1).reshape(-1), len(starts)
 
 
+_ATTRS = ("iota_dimension", "broadcast_dimensions", "comparison_direction", "scalar_value")
+_FRACTIONS: dict[tuple, float | None] = {}     # (mask structure, tile) -> fraction: every layer builds the same mask
+
+
+def _structure(graph, vid: int, depth: int = 0) -> tuple | None:
+    """What ``_evaluate`` would compute for ``vid``, as a hashable tree of ops, shapes and the attributes it reads;
+    None when it reads anything but iotas and constants (so it need not be evaluated at all)."""
+    p = graph.producers.get(vid)
+    if p is None or depth > _DEPTH:
+        return None
+    op = graph.ops[p]
+    if op.name not in _BINARY and op.name not in _UNARY and op.name not in (
+            "stablehlo.iota", "stablehlo.constant", "stablehlo.broadcast_in_dim", "stablehlo.compare",
+            "stablehlo.select"):
+        return None
+    children = () if op.name in ("stablehlo.iota", "stablehlo.constant") else \
+        tuple(_structure(graph, u, depth + 1) for u in op.operands)
+    if any(c is None for c in children):
+        return None
+    attrs = tuple(op.attrs.get(a) for a in _ATTRS)
+    return (op.name, tuple(graph.values[vid].shape), attrs, children)
+
+
 def computed_fraction(graph, pred: int, tile: tuple[int, int]) -> float | None:
     """The fraction of (query tile, key tile) pairs of a structural mask ``pred`` with any element kept; the two
-    largest dimensions are the queries and keys, the others sampled at their ends. None: not structural."""
+    largest dimensions are the queries and keys, the others sampled at their ends. None: not structural. The same
+    mask (by structure) is evaluated once (128K tokens: 0.1 s each, for every layer otherwise)."""
     shape = tuple(graph.values[pred].shape)
     if len(shape) < 2:
         return None
+    structure = _structure(graph, pred)
+    if structure is None:
+        return None
+    key = (structure, tuple(tile))
+    if key not in _FRACTIONS:
+        while len(_FRACTIONS) >= 64:
+            _FRACTIONS.pop(next(iter(_FRACTIONS)))
+        _FRACTIONS[key] = _evaluated_fraction(graph, pred, shape, tile)
+    return _FRACTIONS[key]
+
+
+def _evaluated_fraction(graph, pred: int, shape: tuple, tile: tuple[int, int]) -> float | None:
     s_dim, t_dim = sorted(sorted(range(len(shape)), key=lambda d: -shape[d])[:2])
     samples, counts = [], []
     for d, n in enumerate(shape):

@@ -710,8 +710,7 @@ def _flash_chains(program, st: _State, order: _Order, made: set[Edge], forbid: s
                 # registers (assumption: a register file at least as large as the tiles, as on every GPU and TPU core)
                 return itemsize * (tm * g1.k + tn * g1.k + tn * n2) <= per_unit
 
-            shapes = {graph.values[graph.ops[m1].results[0]].elements for m1 in firsts}
-            if len(shapes) != 1 or not all(fits(m1) for m1 in firsts):
+            if not all(fits(m1) for m1 in firsts):     # (``_matmuls_feeding`` returns first matmuls of one shape)
                 continue
             groups = {st.find(m2)} | {st.find(f) for f in firsts} | {st.find(b) for b in between}
             chain = sorted(groups, key=lambda g: order.index[g])     # merge in topological order

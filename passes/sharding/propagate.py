@@ -632,17 +632,17 @@ class _Partitioner:
                 dtype=graph.values[op.operands[0]].dtype, reason=f"halo exchange for {prim} (op {op.id})",
                 job_devices=self.mesh.devices))
         # a pinned weight stays pinned through its dtype cast / relabelling (flax casts kernels to the compute dtype)
-        if op.name in _PIN_THROUGH and op.operands and op.operands[0] in self.pinned and len(op.results) == 1:
-            kept = self.pinned[op.operands[0]] & {a for d in c.results[0].dims for a in d}
-            if kept:
-                self.pinned[op.results[0]] = frozenset(kept)
         # and through the optimization barrier jax.checkpoint wraps a recomputed block's inputs in (its weights
         # among them): operand i comes out as result i
-        if op.name == "stablehlo.optimization_barrier" and len(op.operands) == len(op.results):
-            for v, r, spec in zip(op.operands, op.results, c.results):
-                kept = self.pinned.get(v, frozenset()) & {a for d in spec.dims for a in d}
-                if kept:
-                    self.pinned[r] = frozenset(kept)
+        carried = []
+        if op.name in _PIN_THROUGH and op.operands and len(op.results) == 1:
+            carried = [(op.operands[0], op.results[0], c.results[0])]
+        elif op.name == "stablehlo.optimization_barrier" and len(op.operands) == len(op.results):
+            carried = list(zip(op.operands, op.results, c.results))
+        for v, r, spec in carried:
+            kept = self.pinned.get(v, frozenset()) & {a for d in spec.dims for a in d}
+            if kept:
+                self.pinned[r] = frozenset(kept)
         self.labels[op.id] = c.label
         w = self.program.works[op.id]
         if w is None:
