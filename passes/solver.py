@@ -1,12 +1,16 @@
 """Integer programs for the passes that solve one (``place{policy=ilp}``, ``shard_ilp``): deterministic and quiet.
 
-Both call scipy's HiGHS (``scipy.optimize.milp``). Two things matter to a user of their estimates:
+Both call HiGHS through its own bindings (``highspy``, pinned in ``pyproject.toml``; scipy's ``milp`` bundles
+whichever HiGHS its release shipped, and lets no option but a few through). Three things matter to a user:
 
 - **Determinism.** A wall-clock limit makes the answer depend on how fast the machine happened to be:
   two processes could get different plans, hence different estimates. The limit here is a *work*
-  limit instead, HiGHS's branch-and-bound node count (``mip_max_nodes``, scipy's ``node_limit``),
-  so the same program, target and options give the same plan bit for bit, on any machine. A
-  wall-clock limit can still be asked for (``time_limit_s > 0``); the result then says so.
+  limit instead, HiGHS's branch-and-bound node count (``mip_max_nodes``), on one thread with a fixed
+  seed, so the same program, target and options give the same plan bit for bit, on any machine. A
+  wall-clock limit can still be asked for (``time_limit_s > 0``); the result then says so. Where two
+  plans are equally good, another HiGHS release may pick the other: hence the pin.
+- **Speed.** A caller that has a heuristic answer passes it as ``start``: the solver begins with an
+  incumbent, prunes from the first node, and never returns anything worse.
 - **Silence.** HiGHS prints from C (``printf``), past Python's ``sys.stdout``: a debug line such as
   ``HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();`` would corrupt
   ``explorer show ... --json``. The solve runs with file descriptor 1 pointed at ``/dev/null`` (C's
@@ -22,6 +26,8 @@ import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+import numpy as np
 
 DEFAULT_NODE_LIMIT = 2000
 
@@ -82,25 +88,70 @@ def quiet_stdout() -> Iterator[None]:
         os.close(devnull)
 
 
+def _model(c, integrality, bounds, constraints):
+    """The problem as a ``highspy.HighsLp`` (columns, bounds, a column-wise sparse matrix, integrality)."""
+    import highspy
+    from scipy.sparse import csc_matrix
+
+    c = np.asarray(c, dtype=float)
+    n = len(c)
+    lp = highspy.HighsLp()
+    lp.num_col_ = n
+    lp.col_cost_ = c
+    lb = np.zeros(n) if bounds is None else np.broadcast_to(np.asarray(bounds.lb, dtype=float), (n,))
+    ub = np.full(n, np.inf) if bounds is None else np.broadcast_to(np.asarray(bounds.ub, dtype=float), (n,))
+    lp.col_lower_, lp.col_upper_ = np.ascontiguousarray(lb), np.ascontiguousarray(ub)
+    if constraints is not None:
+        a = csc_matrix(constraints.A, dtype=float)
+        m = a.shape[0]
+        lp.num_row_ = m
+        lp.row_lower_ = np.ascontiguousarray(np.broadcast_to(np.asarray(constraints.lb, dtype=float), (m,)))
+        lp.row_upper_ = np.ascontiguousarray(np.broadcast_to(np.asarray(constraints.ub, dtype=float), (m,)))
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = a.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = a.indices.astype(np.int32)
+        lp.a_matrix_.value_ = a.data
+    else:
+        lp.num_row_ = 0
+        lp.a_matrix_.start_ = np.zeros(n + 1, dtype=np.int32)
+    kinds = np.zeros(n) if integrality is None else np.broadcast_to(np.asarray(integrality), (n,))
+    lp.integrality_ = [highspy.HighsVarType.kInteger if k else highspy.HighsVarType.kContinuous for k in kinds]
+    return lp
+
+
 def solve_milp(c, *, integrality, bounds, constraints, node_limit: int = DEFAULT_NODE_LIMIT,
-               time_limit_s: float = 0.0, mip_rel_gap: float = 1e-9, presolve: bool = True) -> Solved:
-    """``scipy.optimize.milp`` under a node limit (deterministic), optionally a wall-clock limit, printing nothing.
-    ``mip_rel_gap``: stop once the best solution is proved within this fraction of optimal; ``presolve``: HiGHS's
-    presolve (both deterministic)."""
-    from scipy.optimize import milp
+               time_limit_s: float = 0.0, mip_rel_gap: float = 1e-9, presolve: bool = True,
+               start=None) -> Solved:
+    """HiGHS (``highspy``, pinned: another HiGHS may pick another of several equally good answers) under a node limit
+    (deterministic), optionally a wall-clock limit, on one thread, printing nothing. ``mip_rel_gap``: stop once the
+    best solution is proved within this fraction of optimal; ``presolve``: HiGHS's presolve (both deterministic);
+    ``start``: {variable: value} of a feasible point, e.g. a heuristic's integer choices (HiGHS completes the
+    continuous variables): the search can only improve on it, and usually proves optimality sooner."""
+    import highspy
 
     if not isinstance(node_limit, int) or isinstance(node_limit, bool) or node_limit < 1:
         raise ValueError(f"node_limit must be a positive int, got {node_limit!r}")
     if not time_limit_s >= 0:
         raise ValueError(f"time_limit_s must be >= 0 (0: no wall-clock limit), got {time_limit_s!r}")
-    options: dict[str, Any] = {"disp": False, "node_limit": node_limit, "mip_rel_gap": mip_rel_gap,
-                               "presolve": bool(presolve)}
-    if time_limit_s > 0:
-        options["time_limit"] = float(time_limit_s)
-    with quiet_stdout():
-        res = milp(c=c, integrality=integrality, bounds=bounds, constraints=constraints, options=options)
-    fun = float(res.fun) if res.fun is not None else float("nan")
-    gap = float(res.mip_gap) if getattr(res, "mip_gap", None) is not None else float("nan")
-    return Solved(x=res.x, objective=fun, optimal=res.status == 0, nodes=int(res.mip_node_count or 0), gap=gap,
-                  message=str(res.message), node_limit=node_limit, time_limit_s=float(time_limit_s),
-                  mip_rel_gap=float(mip_rel_gap))
+    with quiet_stdout():                  # HiGHS prints its banner when made, before any option can be set
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        for key, value in (("threads", 1), ("random_seed", 0), ("mip_max_nodes", node_limit),
+                           ("mip_rel_gap", float(mip_rel_gap)), ("presolve", "on" if presolve else "off")):
+            h.setOptionValue(key, value)
+        if time_limit_s > 0:
+            h.setOptionValue("time_limit", float(time_limit_s))
+        h.passModel(_model(c, integrality, bounds, constraints))
+        if start:
+            index = np.array(sorted(start), dtype=np.int32)
+            h.setSolution(len(index), index, np.array([float(start[i]) for i in index]))
+        h.run()
+    status = h.getModelStatus()
+    info = h.getInfo()
+    found = info.primal_solution_status == 2       # kSolutionStatusFeasible
+    x = np.array(h.getSolution().col_value) if found else None
+    message = h.modelStatusToString(status)
+    return Solved(x=x, objective=float(info.objective_function_value) if found else float("nan"),
+                  optimal=status == highspy.HighsModelStatus.kOptimal, nodes=int(info.mip_node_count),
+                  gap=float(info.mip_gap), message=message, node_limit=node_limit,
+                  time_limit_s=float(time_limit_s), mip_rel_gap=float(mip_rel_gap))

@@ -140,7 +140,7 @@ def test_ilp_placement_is_the_same_in_two_processes_and_prints_nothing(spec, cap
 
 
 def test_the_solver_prints_nothing_even_from_c(capfd):
-    # a knapsack on which scipy's HiGHS (scipy 1.17) prints "HighsMipSolverData::transformNewIntegerFeasibleSolution
+    # a knapsack on which HiGHS (scipy 1.17's) printed "HighsMipSolverData::transformNewIntegerFeasibleSolution
     # tmpSolver.run();" from C, past sys.stdout
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint
@@ -153,6 +153,28 @@ def test_the_solver_prints_nothing_even_from_c(capfd):
     out = capfd.readouterr()
     assert out.out == ""
     assert not res.optimal and res.nodes == 5 and "work limit of 5 nodes" in res.note
+
+
+def test_the_solver_starts_from_a_heuristic_answer_and_never_returns_worse():
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint
+    from passes.solver import solve_milp
+
+    rng = np.random.default_rng(1)
+    value, weight = rng.random(300), rng.random((40, 300))
+    # the greedy knapsack answer by value per weight, a feasible point
+    chosen, used = [], np.zeros(40)
+    for j in sorted(range(300), key=lambda j: -value[j] / weight[:, j].sum()):
+        if (used + weight[:, j] <= 10).all():
+            chosen.append(j)
+            used += weight[:, j]
+    start = {j: float(j in chosen) for j in range(300)}
+    kw = dict(integrality=np.ones(300), bounds=Bounds(0, 1), constraints=LinearConstraint(weight, -np.inf, 10),
+              node_limit=1)
+    cold, warm = solve_milp(-value, **kw), solve_milp(-value, start=start, **kw)
+    assert warm.objective <= -value[chosen].sum() + 1e-9
+    assert (weight @ warm.x <= 10 + 1e-6).all()
+    assert warm.objective <= cold.objective + 1e-9 or not cold.optimal
 
 
 def _place_note_text(notes):

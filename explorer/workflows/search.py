@@ -7,7 +7,7 @@ Enumerates, for ``chips`` devices:
   data parallelism or FSDP/ZeRO-3 over ``data`` and Megatron tensor parallelism over ``model``, with and
   without sequence parallelism;
 - optionally (``ilp=True``) the per-op layouts of each mesh chosen by an integer program in the style of
-  Alpa's intra-op pass (``passes/sharding/ilp.py``, solved with scipy's HiGHS) instead of the named
+  Alpa's intra-op pass (``passes/sharding/ilp.py``, solved with HiGHS) instead of the named
   strategies.
 
 Every candidate is partitioned (collectives inserted), fused and priced per device; the result ranks

@@ -15,7 +15,7 @@ time of the collectives that reshard one into the other (``sharding_reshard`` pr
 
 The program minimises node + edge costs subject to one strategy per node and the parameters' bytes
 within ``STATE_FRACTION`` of the memory per chip (activations need the rest); the pairwise products are
-linearised (``e >= x_u + x_v - 1``) and the problem is solved with scipy's HiGHS (``scipy.optimize.milp``).
+linearised (``e >= x_u + x_v - 1``) and the problem is solved with HiGHS (``passes/solver.py``).
 
 The chosen input layouts are handed to the partitioner (``sharding_propagate``), which inserts the
 collectives and prices everything in between as usual. The matmul strategies the ILP chose are forced
