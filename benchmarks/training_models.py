@@ -12,8 +12,9 @@ What a source's model has, and this builder offers:
   recomputes the scores from Q, K, V as FlashAttention does, and the S x S probabilities are never saved
   (fused into one kernel by ``fuse{strategy=aggressive}``); ``"plain"``: scores written out, as the 2021 Megatron
   runs did;
-- ``remat``: ``none``; ``full`` (each block under ``jax.checkpoint``: Megatron's full recompute, MaxText's
-  ``remat_policy=full``); ``selective`` (core attention recomputed: Megatron's selective recompute); ``minimal``
+- ``remat``: ``none``; ``full`` (each block under ``jax.checkpoint``: MaxText's ``remat_policy=full``; with
+  ``whole_block_recompute``, the block's whole forward re-run, outputs included: Megatron-LM's full recompute);
+  ``selective`` (core attention recomputed: Megatron's selective recompute); ``minimal``
   (MaxText: the projection matmuls' outputs saved, everything else recomputed:
   ``checkpoint_dots_with_no_batch_dims``);
 - ``param_dtype``: ``float32`` (MaxText's fp32 weights, an AdamW state beside them) or ``bfloat16`` with the f32
@@ -59,6 +60,10 @@ class Model:
     attention: str = "plain"         # plain | flash
     dropout: float = 0.0             # hidden and attention dropout rate (Megatron-LM's default 0.1; Llama: none)
     remat: str = "none"              # none | full | selective | minimal
+    # remat="full" as PyTorch checkpoints a block (Megatron-LM's CheckpointFunction): the backward pass re-runs the
+    # block's whole forward, its output and the collectives that make it included, and backpropagates through that;
+    # False: jax.checkpoint, whose backward recomputes only what the gradients read
+    whole_block_recompute: bool = False
     param_dtype: str = "bfloat16"    # bfloat16 (f32 master weights in the optimizer) | float32
     matmul_dtype: str = "bfloat16"   # bfloat16 | float8
     weight_dtype: str = ""           # decoding: "int8" weights widened before each matmul
@@ -230,11 +235,36 @@ def _block(cfg: Model, p, x, cache=None, pos=None, key=None):
 
 
 def _remat(cfg: Model, fn: Callable) -> Callable:
+    if cfg.remat == "full" and cfg.whole_block_recompute:
+        return _whole_block_recompute(fn)
     if cfg.remat == "full":
         return jax.checkpoint(fn)
     if cfg.remat == "minimal":
         return jax.checkpoint(fn, policy=jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
     return fn
+
+
+def _whole_block_recompute(fn: Callable) -> Callable:
+    """``fn`` saving only its inputs, its backward pass re-running all of it: PyTorch's activation checkpointing
+    (``torch.utils.checkpoint``, Megatron-LM's ``CheckpointFunction``) recomputes the block's outputs too, with the
+    row-parallel projections' all-reduces that make them, although no gradient reads them; ``jax.checkpoint``
+    recomputes only what the gradients read (a GPT block's second MLP matmul, a third of its matmul FLOPs, is left out).
+    The recomputed output is tied to the gradients by an optimization barrier, so that nothing drops it."""
+    @jax.custom_vjp
+    def block(*args):
+        return fn(*args)
+
+    def forward_pass(*args):
+        return fn(*args), args
+
+    def backward_pass(args, cotangent):
+        args = jax.lax.optimization_barrier(args)       # the saved inputs, read as saved (as jax.checkpoint does)
+        out, vjp = jax.vjp(fn, *args)
+        grads, _ = jax.lax.optimization_barrier((vjp(cotangent), out))
+        return grads
+
+    block.defvjp(forward_pass, backward_pass)
+    return block
 
 
 def forward(cfg: Model, params, tokens, key=None):

@@ -206,6 +206,8 @@ def parse(r: dict) -> Row:
                          param_dtype="float32" if maxtext else "bfloat16",
                          matmul_dtype="float8" if fp8 else "bfloat16",
                          dropout=0.1 if family in ("megatron", "mtnlg") else 0.0,
+                         # Megatron-LM's code base (the 2021 runs, MT-NLG, NeMo) checkpoints a block as PyTorch does
+                         whole_block_recompute=family in ("megatron", "mtnlg", "nemo"),
                          weight_dtype="int8" if "int8" in r["dtype"].lower() else "")
     except ValueError as exc:
         why = why or f"model not buildable: {exc}"

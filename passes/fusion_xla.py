@@ -114,17 +114,13 @@ class _State:
     def __init__(self, program, cls: dict[int, str], owned: Iterable[int]):
         self.program, self.graph, self.cls = program, program.graph, cls
         self.users = self.graph.consumers()
-        self.parent: dict[int, int] = {}
-        self.members: dict[int, list[int]] = {}
-        self.copies: dict[int, set[int]] = {}
-        self.kinds: dict[int, set[str]] = {}
-        self.reduces: dict[int, int] = {}        # root -> significant reductions in the group
-        for o in owned:
-            self.parent[o] = o
-            self.members[o] = [o]
-            self.copies[o] = set()
-            self.kinds[o] = {cls[o]}
-            self.reduces[o] = int(self._significant_reduce(o))
+        owned = tuple(owned)
+        self.parent: dict[int, int] = {o: o for o in owned}
+        self.members: dict[int, list[int]] = {o: [o] for o in owned}
+        self.copies: dict[int, set[int]] = {o: set() for o in owned}
+        self.kinds: dict[int, set[str]] = {o: {cls[o]} for o in owned}
+        # root -> significant reductions in the group
+        self.reduces: dict[int, int] = {o: int(self._significant_reduce(o)) if cls[o] == "reduce" else 0 for o in owned}
         self.copied_in: dict[int, set[int]] = {}   # unowned op -> roots of the groups recomputing it
 
     def _significant_reduce(self, o: int) -> bool:

@@ -12,6 +12,7 @@ bytes per parameter (4 weight, 4 gradient, 8 moments, 2 copy), 16 when the copie
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -23,6 +24,7 @@ from jax.sharding import Mesh as JaxMesh, NamedSharding, PartitionSpec as P
 
 import explorer
 import hw_targets
+from explorer.graph import names
 from explorer.model.collectives import collective_time
 from explorer.model.memory import in_flight, training_memory
 from explorer.pricing.pipeline_parallel import price_pipeline
@@ -447,6 +449,33 @@ def test_fp8_matmuls_run_forward_and_backward_in_8_bits():
              and tuple(prog.graph.values[op.results[0]].shape) == (b, d)]
     assert len(casts) == 1 + 3          # the input once, and each output gradient
 
+
+def test_megatron_full_recompute_reruns_the_whole_block_forward():
+    """Megatron-LM's full recompute re-runs each block's whole forward in the backward pass (its FLOP count,
+    96 B s l h^2 = 4 x the forward's 24: forward, recompute, 2 x backward); ``jax.checkpoint`` recomputes only
+    what the gradients read and leaves the second MLP matmul out (8 of the block's 24 s h^2 matrix FLOPs)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import training_models as tm
+
+    cfg = tm.Model(vocab=256, d_model=128, n_heads=4, d_ff=512, seq=64, n_layers=2, remat="full")
+    batch = 2
+    block_matrix = 24 * batch * cfg.seq * cfg.d_model ** 2 + 4 * batch * cfg.seq ** 2 * cfg.d_model
+    blocks = {}
+    for whole in (False, True):
+        fn, args = tm.train_program(dataclasses.replace(cfg, whole_block_recompute=whole), batch)
+        prog = explorer.lower(fn, *args)
+        matrix = {"forward": 0.0, "backward": 0.0}       # the last block's matrix FLOPs by phase
+        for op in prog.graph.ops:
+            phase, layer, _ = names.parse(op.name_stack)
+            if layer.startswith("h_1") and phase in matrix and prog.works[op.id] is not None:
+                matrix[phase] += prog.works[op.id].matrix_flops * prog.weights[op.id]
+        blocks[whole] = (matrix["forward"], matrix["backward"])
+    (f0, b0), (f1, b1) = blocks[False], blocks[True]
+    assert f0 == f1 == block_matrix
+    assert b1 == 3 * f1                                              # recompute + 2 x forward
+    assert b1 - b0 == 2 * batch * cfg.seq * cfg.d_ff * cfg.d_model    # the MLP's c_proj, not recomputed by JAX
 
 # -- the training validator ------------------------------------------------------------------------------------
 
