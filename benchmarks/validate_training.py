@@ -10,7 +10,8 @@ parallel plan the source used:
 - Megatron-LM 2021 (Narayanan et al. Tables 1 and 2) and MT-NLG: one microbatch across the data-parallel replicas
   (``batch = micro_batch * dp``) on a mesh ``data=dp.model=tp`` (model innermost: NVLink), plain data parallelism,
   Megatron tensor parallelism, no sequence parallelism, pipeline parallelism over ``pp`` stages (outermost) with
-  ``m = global_batch / (dp * micro_batch)`` microbatches, 1F1B; full recomputation as written; mixed-precision
+  ``m = global_batch / (dp * micro_batch)`` microbatches, 1F1B; full recomputation as written (PyTorch's: each
+  block's whole forward re-run in the backward pass, ``whole_block_recompute``); mixed-precision
   Adam (bf16 weights, f32 master weights and moments); attention scores written out (no FlashAttention in 2021),
   hidden and attention dropout 0.1 (Megatron-LM's defaults), fusion ``xla``;
 - NeMo (Megatron-Core) and Llama 3: the same, plus sequence parallelism, the distributed optimizer (``zero1``;
@@ -31,7 +32,8 @@ With sequence parallelism (and MaxText's tensor axis) the tokens are pinned sequ
 so the residual stream is split from the embedding on (Megatron-SP scatters the embedding's output; MaxText shards
 its activations over 'tensor'). A row that does not say which recomputation its run used and does not fit its chip
 without any recomputes as many blocks per stage as it needs to fit (Megatron's block recompute; said in the row). Llama
-3's interleaving degree, not published, is searched (the fastest that fits). Where a row leaves the plan open, the plan priced is written in the row's ``assumptions`` (MaxText's defaults:
+3's interleaving degree, not published, is searched (the fastest that fits), and so is a micro batch size a row does
+not give (1, 2 or 4; Narayanan et al. tune theirs by throughput, sec. 5.4.3). Where a row leaves the plan open, the plan priced is written in the row's ``assumptions`` (MaxText's defaults:
 ``ici_fsdp_parallelism=-1``, i.e. FSDP over every chip). Rows on hardware without a preset (GB200), rows without a
 step time (FlashAttention-2 end-to-end table, MFU-only or throughput-only inference rows without a batch) and rows
 that cannot be read are listed with the reason; a row that fails while priced is listed with the error. The run
@@ -145,6 +147,7 @@ class Row:
     context: int = 0
     assumptions: list = field(default_factory=list)
     recompute_given: bool = True     # the row says which recomputation the run used
+    micro_batch_given: bool = True   # the row says its micro batch size
 
 
 def _int(r, key, default=1) -> int:
@@ -213,6 +216,7 @@ def parse(r: dict) -> Row:
         why = why or f"model not buildable: {exc}"
     plan = Plan()
     batch = 1
+    mb_given = True          # MaxText and decode rows: the batch is the row's own
     gbs = _int(r, "global_batch_seqs", 0)
     chips = _int(r, "num_chips", 0)
     if maxtext:
@@ -245,6 +249,7 @@ def parse(r: dict) -> Row:
     else:
         plan.tp, plan.pp, plan.dp, plan.cp = _int(r, "tp"), _int(r, "pp"), _int(r, "dp"), _int(r, "cp")
         mb = _int(r, "micro_batch", 0)
+        mb_given = bool(mb)
         if not mb:
             mb = 1
             assumptions.append("micro batch 1 (not given)")
@@ -273,7 +278,8 @@ def parse(r: dict) -> Row:
         plan.micro_batch = batch
     return Row(case=case, family=family, kind=kind, preset=preset, why_skipped=why, model=model, plan=plan,
                batch=batch, layers=_int(r, "layers"), measured_s=measured, context=_int(r, "seq_len", 0),
-               assumptions=assumptions, recompute_given=recompute_given)
+               assumptions=assumptions, recompute_given=recompute_given,
+               micro_batch_given=kind != "train" or mb_given)
 
 
 def _shard(row: Row) -> Shard:
@@ -393,11 +399,40 @@ def predict(row: Row) -> dict:
     return out
 
 
+MICRO_BATCHES_TRIED = (1, 2, 4)
+
+
 def _price_open_plan(row: Row) -> dict:
     """``_predict``, after searching what the row leaves open, the choice written into the row's plan and
-    assumptions: for a run that used interleaved 1F1B of an unpublished degree, every degree that divides the
-    layers a stage holds (1 = plain 1F1B), the fastest that fits the chip (else the one that needs the least
-    memory)."""
+    assumptions: a micro batch size the row does not give, among ``MICRO_BATCHES_TRIED`` that leave at least one
+    microbatch per stage (a run's authors pick theirs by throughput: Narayanan et al. 2021, sec. 5.4.3), and for
+    a run that used interleaved 1F1B of an unpublished degree, every degree that divides the layers a stage holds
+    (1 = plain 1F1B); each time the fastest that fits the chip (else the one that needs the least memory)."""
+    p = row.plan
+    per_replica = p.micro_batch * p.microbatches
+    sizes = [b for b in MICRO_BATCHES_TRIED if per_replica % b == 0 and per_replica // b >= p.pp
+             and not (p.schedule == "interleaved" and (per_replica // b) % p.pp)]
+    if row.micro_batch_given or row.kind != "train" or len(sizes) < 2:
+        return _price_interleaving(row)
+    tried = []
+    for b in sizes:
+        r = dataclasses.replace(row, plan=dataclasses.replace(p, micro_batch=b, microbatches=per_replica // b),
+                                batch=b * p.dp, assumptions=list(row.assumptions))
+        tried.append((r, _price_interleaving(r)))
+    fitting = [t for t in tried if t[1]["fits"]]
+    best, out = min(fitting, key=lambda t: t[1]["predicted_s"]) if fitting else \
+        min(tried, key=lambda t: (t[1]["memory_per_device_bytes"], t[1]["predicted_s"]))
+    listing = ", ".join(f"mb{r.plan.micro_batch} {o['predicted_s']:.3g} s {o['memory_per_device_bytes'] / 1e9:.0f} GB"
+                        for r, o in tried)
+    row.plan, row.batch = best.plan, best.batch
+    row.assumptions = [a for a in best.assumptions if a != "micro batch 1 (not given)"] + [
+        f"micro batch not given: searched ({listing}), mb{best.plan.micro_batch} priced "
+        f"({'fastest that fits' if fitting else 'none fits: the least memory'})"]
+    return out
+
+
+def _price_interleaving(row: Row) -> dict:
+    """``_predict``, with an unpublished interleaving degree searched (see ``_price_open_plan``)."""
     p = row.plan
     if row.family not in INTERLEAVED_DEGREE_OPEN or p.pp <= 1 or p.vp > 1 or p.microbatches % p.pp:
         return _predict(row)

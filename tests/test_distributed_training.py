@@ -520,6 +520,28 @@ def test_the_training_validator_prices_a_megatron_row_within_its_closed_form_mem
     assert "no preset" in reasons[gb200["case_id"]] and "no step time" in reasons["no_step"]
 
 
+def test_the_training_validator_searches_a_micro_batch_the_row_does_not_give():
+    """A row without its micro batch size is priced at each of 1, 2, 4 that leaves a microbatch per stage, the
+    fastest that fits kept and the search written in its assumptions (the row's other choices unchanged)."""
+    import importlib
+    import re
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    vt = importlib.import_module("validate_training")
+    rows = vt.read_rows(Path(__file__).resolve().parent / "data" / "validation_cases_sample.csv", ["train_step"])
+    raw = {**next(r for r in rows if r["case_id"] == "train_megatron_t2_ptdp_174.6B_384gpu"), "micro_batch": ""}
+    row = vt.parse(raw)
+    assert not row.micro_batch_given and row.plan.micro_batch == 1
+    out = vt.predict(row)
+    (said,) = [a for a in row.assumptions if a.startswith("micro batch not given: searched")]
+    tried = {int(b): float(t) for b, t in re.findall(r"mb(\d) ([0-9.]+) s", said)}
+    assert sorted(tried) == [1, 2, 4]
+    assert row.plan.micro_batch == min(tried, key=tried.get) and out["fits"]
+    assert row.plan.microbatches * row.plan.micro_batch == 1536 // 4 and row.batch == row.plan.micro_batch * 4
+    assert "micro batch 1 (not given)" not in row.assumptions
+
+
 def test_full_recompute_under_sequence_parallelism_gathers_activations_not_weights(h100):
     # jax.checkpoint hands a recomputed block its weights through an optimization barrier; the tensor-parallel
     # weights stay split through it, so the recomputed projections all-gather their (sequence-split) inputs as
