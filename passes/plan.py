@@ -64,6 +64,8 @@ class ExtraKernel:
                                # ``work.bytes_accessed`` at that link's bandwidth, asynchronous like a collective
     before_op: int | None = None   # the op that needs its result (-2: a program output; None: not said, the
                                    # schedule infers it from the phase)
+    holds_bytes: float = 0.0       # a buffer of its own it writes (a combined collective's contiguous buffer), in
+    holds_until: int = -2          # main memory from ``after_op`` through this op (-2: the end of the program)
 
 
 @dataclass(frozen=True)

@@ -299,6 +299,21 @@ def test_gradient_reductions_are_combined_up_to_the_bucket_size(dp8, h100):
         pl.parse("shard{bucket_bytes=-1}")
 
 
+def test_a_combined_all_reduce_on_a_gpu_copies_its_members_into_one_buffer_and_out(dp8, h100):
+    # XLA:GPU's all-reduce-contiguous (its plan of the 8-device Megatron MLP step: concatenate, all-reduce, one
+    # slice per gradient); XLA:TPU reduces the gradients in place
+    grad = D_IN * D_HID * 4
+
+    def copies(target, bucket=30 * 2**20):
+        est = explorer.estimate(dp8, target, f"shard{{bucket_bytes={bucket:g}}},{XLA}")
+        return sorted((k.name, k.bytes_moved) for k in est.kernels if k.name.startswith(("copy[concatenate]",
+                                                                                         "copy[slice]")))
+
+    assert copies(h100) == [("copy[concatenate]", 4 * grad), ("copy[slice]", 2 * grad), ("copy[slice]", 2 * grad)]
+    assert copies(h100, bucket=0) == []                      # nothing combined: nothing to copy
+    assert copies(hw_targets.load("tpu_v5p")) == []
+
+
 def test_tensor_parallel_all_reduces_on_the_critical_path_are_never_combined(h100):
     prog = _program()
     counts = []

@@ -8,7 +8,7 @@ the buffers of its operands and results, which are counted there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from ..graph.ir import Graph
 
@@ -110,14 +110,16 @@ def live_spans(graph: Graph, order: list[int] | None = None,
 def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
             transient: frozenset[int] = frozenset(),
             ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None,
-            sizes: Mapping[int, float] | None = None, extend: Mapping[int, int] | None = None) -> Liveness:
+            sizes: Mapping[int, float] | None = None, extend: Mapping[int, int] | None = None,
+            buffers: Sequence[tuple[int, int, float]] = ()) -> Liveness:
     """``transient``: values that never reach memory (they stay inside a fused kernel).
 
     ``ranges``: root value id -> the (first op id, last op id) intervals, inclusive, in which it occupies
     memory, replacing its def-use range (set by rematerialisation / activation offload: a value dies after
     its last forward use and is re-created before its first backward use). ``len(graph.ops)`` as a last
     op id means "until the end of the program". ``sizes``: value id -> bytes, replacing the graph's
-    (per-device sizes once sharded). ``extend``: see ``live_spans``.
+    (per-device sizes once sharded). ``extend``: see ``live_spans``. ``buffers``: (first op id, last op id, bytes)
+    of memory no graph value holds (a combined all-reduce's contiguous buffer), counted in the curve and the peak.
     """
     order = list(range(len(graph.ops))) if order is None else order
     end = len(order)
@@ -134,6 +136,9 @@ def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
         for s, e in intervals:
             delta[s] += nb
             delta[e + 1] -= nb
+    for s, e, nb in buffers:
+        delta[max(0, s)] += int(nb)
+        delta[min(end, e) + 1] -= int(nb)
     live, cur = [], 0
     for i in range(end + 1):
         cur += delta[i]

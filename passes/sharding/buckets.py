@@ -74,6 +74,7 @@ def _merged(members: list[Inserted]) -> Inserted:
         return members[0]
     last = members[-1]
     return replace(last, payload_bytes=sum(m.payload_bytes for m in members),
+                   members=tuple(b for m in members for b in (m.members or (m.payload_bytes,))),
                    in_bytes=sum(m.in_bytes for m in members), out_bytes=sum(m.out_bytes for m in members),
                    consumer=min((m.consumer for m in members if m.consumer != OUTPUT), default=OUTPUT),
                    reason=f"{len(members)} combined ({members[0].reason}; ...; {last.reason})")

@@ -419,6 +419,6 @@ class IlpShard:
         return plan.with_(work_overrides={**(plan.work_overrides or {}), **res.works},
                           value_bytes={**(plan.value_bytes or {}), **res.value_bytes},
                           extra_kernels=plan.extra_kernels + collective_kernels(res, self.bucket_bytes,
-                                                                                program.weights),
+                                                                                program.weights, target),
                           boundaries=plan.boundaries | collective_boundaries(res),
                           notes=plan.notes + tuple(f"shard_ilp: {n}" for n in res.notes))

@@ -68,6 +68,7 @@ class Inserted:
     dtype: str
     reason: str
     job_devices: int = 0   # devices of the mesh (places the group on the physical topology)
+    members: tuple[float, ...] = ()   # a combined collective (``buckets``): each member's payload bytes
 
     def work(self) -> Work:
         flops = 0.0
