@@ -30,8 +30,8 @@ def op_class(program, oid: int) -> str:
         return "generator"
     if not w.launches_kernel:
         return "view"
-    if op.name in MATMUL:
-        return "matmul"
+    if op.name in MATMUL and (w.matrix_flops or w.gemm is not None):
+        return "matmul"            # (a dot that contracts nothing is a multiply: elementwise, below)
     if op.name in REDUCE:
         return "reduce"
     if op.name in MOVEMENT:
@@ -41,7 +41,7 @@ def op_class(program, oid: int) -> str:
     if w.collective or op.regions or op.name.endswith("custom_call"):
         return "opaque"
     if (w.vector_flops or w.transcendentals) and not w.matrix_flops and op.name.startswith(ELEMENTWISE_PREFIX) \
-            and op.name not in ("stablehlo.sort", "stablehlo.fft", "stablehlo.cholesky", "stablehlo.triangular_solve",
+            and op.name not in ("stablehlo.sort", "chlo.top_k", "stablehlo.fft", "stablehlo.cholesky", "stablehlo.triangular_solve",
                                 "stablehlo.select_and_scatter", "stablehlo.map", "stablehlo.batch_norm_training",
                                 "stablehlo.batch_norm_grad", "stablehlo.batch_norm_inference"):
         return "elementwise"

@@ -299,6 +299,33 @@ def _expensive(program, oid: int, flavour: str) -> bool:
 _FACTS: dict[tuple[int, str], tuple[Any, tuple]] = {}
 
 
+GEMM_REWRITE_MIN_ELEMENTS = 10_000_000    # XLA:GPU's algebraic simplifier (IsMatrixMultiplicationTooSmallForRewriting)
+
+
+def _strength_reduced(graph, o: int) -> bool:
+    """Whether XLA:GPU rewrites this dot as a reduction of a multiply instead of running a GEMM: one operand is a
+    vector (only batch and contracting dimensions: a matrix-vector product per batch) and both are, or the
+    operand matrices (non-contracting x contracting, each) hold fewer than ``GEMM_REWRITE_MIN_ELEMENTS`` elements
+    together (its ``ShouldStrengthReduceDotToReduce``). A MoE layer's combine, tokens x experts against each
+    token's expert weights, is one: a reduction fusion reading the experts' outputs in any layout, no GEMM."""
+    op = graph.ops[o]
+    dn = op.attrs.get("dot_dimension_numbers")
+    if op.name != "stablehlo.dot_general" or not dn or len(op.operands) < 2:
+        return False
+    lhs, rhs = (graph.values[v].shape for v in op.operands[:2])
+    lhs_vector = len(dn["lhs_batch"]) + len(dn["lhs_contract"]) == len(lhs)
+    rhs_vector = len(dn["rhs_batch"]) + len(dn["rhs_contract"]) == len(rhs)
+    if not (lhs_vector or rhs_vector):
+        return False
+    if lhs_vector and rhs_vector:
+        return True
+    k = math.prod(lhs[d] for d in dn["lhs_contract"])
+    free = lambda shape, batch, contract: math.prod(  # noqa: E731
+        n for d, n in enumerate(shape) if d not in batch and d not in contract)
+    return (free(lhs, dn["lhs_batch"], dn["lhs_contract"]) + free(rhs, dn["rhs_batch"], dn["rhs_contract"])) * k \
+        < GEMM_REWRITE_MIN_ELEMENTS
+
+
 def _program_facts(program, flavour: str) -> tuple[dict[int, str], tuple[int, ...], frozenset[int], dict[int, int]]:
     """What ``decide`` starts from and no option changes: each live op's class, the ops that are kernels, the values
     computed from nothing, each kernel op's loop size. Kept for the last few programs (read only): workflows re-run
@@ -310,6 +337,10 @@ def _program_facts(program, flavour: str) -> tuple[dict[int, str], tuple[int, ..
     graph = program.graph
     live = [op.id for op in graph.ops if program.works[op.id] is not None and program.weights[op.id] > 0]
     cls = {o: op_class(program, o) for o in live}
+    if flavour == "gpu":
+        for o in live:
+            if cls[o] == "matmul" and _strength_reduced(graph, o):
+                cls[o] = "reduce"
     users = graph.consumers()
     kernel_ops = tuple(o for o in live if (program.works[o].launches_kernel and cls[o] not in ("generator", "view"))
                        or (cls[o] == "generator" and materialised(program, o, cls, users)))

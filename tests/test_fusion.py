@@ -340,3 +340,49 @@ def test_a_fused_attention_skips_the_tiles_a_causal_mask_hides():
         g = explorer.lower(_attention(kind), *q).graph
         sel = next(op for op in g.ops if op.name == "stablehlo.select" and len(g.values[op.results[0]].shape) == 4)
         assert computed_fraction(g, sel.operands[0], tiles) == pytest.approx(want)
+
+
+def test_a_dot_that_contracts_nothing_is_a_multiply_fused_into_the_gemm_it_feeds(h100):
+    # a MoE layer's dense dispatch (tokens x experts x features, an outer product per token): XLA rewrites the dot
+    # as a multiply of broadcasts, which the expert GEMM reads as its prologue with the transpose to expert-major
+    # order (one kernel: nothing written out)
+    t, d, e, f = 512, 256, 4, 1024
+
+    def layer(x, gates, w):
+        dispatch = jnp.einsum("te,td->etd", gates, x)
+        return jnp.einsum("etd,edf->etf", dispatch, w)
+
+    prog = explorer.lower(layer, S((t, d), jnp.bfloat16), S((t, e), jnp.bfloat16), S((e, d, f), jnp.bfloat16))
+    outer = next(op for op in prog.graph.ops if op.name == "stablehlo.dot_general"
+                 and not op.attrs["dot_dimension_numbers"]["lhs_contract"])
+    work = prog.works[outer.id]
+    assert work.matrix_flops == 0 and work.vector_flops == e * t * d and work.gemm is None
+    plan = plan_for(prog, h100, "fuse{strategy=xla}")
+    assert [k for k in kernel_ops(prog, plan) if "dot_general" in k] == [["dot_general", "dot_general", "transpose"]]
+    assert prog.flops == pytest.approx(2 * e * t * d * f + e * t * d)
+
+
+def test_a_small_matrix_vector_dot_is_a_reduction_on_a_gpu_not_a_gemm(h100):
+    # a MoE layer's combine: each token's expert outputs weighted by its gates (the gates a vector per token);
+    # XLA:GPU reduces a multiply instead of a GEMM, reading the outputs in the layout they have (no transposing
+    # copy); XLA:TPU keeps the dot
+    t, d, e = 512, 256, 4
+    prog = explorer.lower(lambda y, gates: jnp.einsum("etd,te->td", y, gates),
+                          S((e, t, d), jnp.bfloat16), S((t, e), jnp.bfloat16))
+    from passes.fusion_xla import _program_facts, _strength_reduced
+    (dot,) = [op.id for op in prog.graph.ops if op.name == "stablehlo.dot_general"]
+    assert _strength_reduced(prog.graph, dot)
+    assert _program_facts(prog, "gpu")[0][dot] == "reduce" and _program_facts(prog, "tpu")[0][dot] == "matmul"
+    assert not plan_for(prog, h100, "fuse{strategy=xla}").extra_kernels          # no layout copy on the GPU
+    # a real GEMM (no vector operand) stays one, whatever its size
+    gemm = explorer.lower(lambda a, b: a @ b, S((64, 64), jnp.bfloat16), S((64, 64), jnp.bfloat16))
+    assert not _strength_reduced(gemm.graph, next(op.id for op in gemm.graph.ops if op.name == "stablehlo.dot_general"))
+
+
+def test_top_k_is_a_kernel_of_its_own(h100):
+    # XLA runs top-k as a sort kernel: never recomputed inside the kernels that read its indices
+    prog = explorer.lower(lambda x: jax.nn.one_hot(jax.lax.top_k(x, 2)[1], 8, dtype=jnp.bfloat16).sum(1),
+                          S((4096, 8), jnp.bfloat16))
+    plan = plan_for(prog, h100, "fuse{strategy=xla}")
+    assert ["top_k"] in kernel_ops(prog, plan)
+    assert not any("top_k" in k and len(k) > 1 for k in kernel_ops(prog, plan))

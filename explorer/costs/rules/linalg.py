@@ -64,6 +64,12 @@ def dot_general(op, ins, outs) -> Work:
     rhs_free = [d for d in range(len(rhs.shape)) if d not in dims["rhs_batch"] and d not in dims["rhs_contract"]]
     m = math.prod(lhs.shape[d] for d in lhs_free)
     n = math.prod(rhs.shape[d] for d in rhs_free)
+    if not dims["lhs_contract"]:
+        # an outer product (nothing contracted): XLA rewrites it as a multiply of broadcast operands (its algebraic
+        # simplifier's dot-to-multiply rewrite, on by default), one multiply per result element on the vector
+        # units, fusible like any elementwise op (a MoE layer's dense dispatch, tokens x experts x features)
+        return Work(vector_flops=float(batch * m * n), bytes_read=nbytes(ins), bytes_written=nbytes(outs),
+                    dtype=outs[0].dtype)
     g = Gemm(batch=batch, m=m, n=n, k=k)
     return Work(matrix_flops=g.flops, bytes_read=nbytes(ins), bytes_written=nbytes(outs),
                 dtype=_matmul_dtype(op, lhs.dtype, rhs.dtype), gemm=g)
