@@ -543,30 +543,35 @@ def _looked_through(graph, oid: int) -> bool:
 
 
 def _read_sources(program, plan: Plan, v: int, reader, operand_index: int, kernel_ops: set[int],
-                  members: set[int], recomputed: frozenset[int] = frozenset()):
-    """What reading value ``v`` costs the kernel: generators, views and ops recomputed in the kernel are looked
-    through (the kernel reads their inputs); partial readers read only their slice."""
+                  members: set[int], recomputed: frozenset[int] = frozenset(), out: list | None = None
+                  ) -> list[tuple[int, float]]:
+    """What reading value ``v`` costs the kernel, as (value, bytes) pairs: generators, views and ops recomputed in
+    the kernel are looked through (the kernel reads their inputs); partial readers read only their slice.
+    Appends to ``out`` (a list, not a generator: this runs for every operand of every kernel)."""
+    out = [] if out is None else out
     graph = program.graph
     p = graph.producers.get(v)
     if p is not None and p in members:
-        return   # produced inside this kernel (reached through a view)
+        return out   # produced inside this kernel (reached through a view)
     if p is not None and p not in kernel_ops and (p in recomputed or _looked_through(graph, p)):
-        for j, u in enumerate(graph.ops[p].operands):
-            yield from _read_sources(program, plan, u, graph.ops[p], j, kernel_ops, members, recomputed)
-        return
+        op = graph.ops[p]
+        for j, u in enumerate(op.operands):
+            _read_sources(program, plan, u, op, j, kernel_ops, members, recomputed, out)
+        return out
     nbytes = plan.nbytes(program, v)
     if reader.name == "stablehlo.scatter" and operand_index < len(reader.results):
         # updated in place: only the elements the updates touch are read (and written back), not the buffer
         updates = reader.operands[len(reader.results) + 1:]
         touched = float(sum(plan.nbytes(program, u) for u in updates))
-        yield v, min(nbytes, touched)
-        return
+        out.append((v, min(nbytes, touched)))
+        return out
     if reader.name in PARTIAL_READERS and operand_index == 0:
         if reader.name == "stablehlo.dynamic_update_slice":
             nbytes = 0.0   # in place: the buffer is not read
         else:
             nbytes = min(nbytes, float(sum(plan.nbytes(program, r) for r in reader.results)))
-    yield v, nbytes
+    out.append((v, nbytes))
+    return out
 
 
 def default_kernels(program) -> tuple[Kernel, ...]:

@@ -299,6 +299,29 @@ def _expensive(program, oid: int, flavour: str) -> bool:
 _FACTS: dict[tuple[int, str], tuple[Any, tuple]] = {}
 
 
+_PHASE1: dict[tuple, tuple] = {}
+
+
+def _phase1_replay(key: tuple, program, target, forbid: frozenset, made: frozenset, split: frozenset
+                   ) -> tuple[list, float]:
+    """(the remembered producer-fusion decisions to replay, the producer from which to decide afresh): every
+    decision for a producer after all the edges in which this run's forbidden set differs from the remembered
+    run's, when step 0 made the same edges (else nothing to replay, decide from the last producer on)."""
+    hit = _PHASE1.get(key)
+    if hit is None or hit[0] is not program or hit[1] is not target or hit[3] != made or hit[4] != split:
+        return [], math.inf
+    differ = forbid ^ hit[2]
+    resume = max((a for a, _ in differ), default=-1)
+    return [a for a in hit[5] if a[0] > resume], resume
+
+
+def _remember_phase1(key: tuple, program, target, forbid: frozenset, made: frozenset, split: frozenset,
+                     actions: list) -> None:
+    while len(_PHASE1) >= 4:
+        _PHASE1.pop(next(iter(_PHASE1)))
+    _PHASE1[key] = (program, target, forbid, made, split, tuple(actions))
+
+
 GEMM_REWRITE_MIN_ELEMENTS = 10_000_000    # XLA:GPU's algebraic simplifier (IsMatrixMultiplicationTooSmallForRewriting)
 
 
@@ -364,6 +387,7 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
     when one tile of each fits in a matrix unit's share of on-chip memory (FlashAttention's working set: the
     second matmul streams over the first one's output, which never leaves the chip)."""
     graph = program.graph
+    force = tuple(force)
     flavour = flavour_of(target)
     cls, kernel_ops, free, space = _program_facts(program, flavour)
     users = graph.consumers()
@@ -452,8 +476,21 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
     elif tpu and matmul_epilogue:
         _gemm_epilogues(program, st, forbid, made, split_k=False, flavour="tpu")
 
-    # 1. producer fusion into all consumers, from the end of the program to its start
-    for p in sorted(kernel_ops, reverse=True):
+    # 1. producer fusion into all consumers, from the end of the program to its start. A run that differs from a
+    # remembered one (same program, target and options, the same step 0) only in edges whose producers come before
+    # ``resume`` replays the remembered decisions for every later producer: a forbidden edge changes nothing until
+    # its producer's turn (``fusion_decisions`` forbids one edge at a time)
+    log_key = (id(program), id(target), multi_output, matmul_epilogue, aggressive, tuple(force))
+    replay, resume = _phase1_replay(log_key, program, target, frozenset(forbid), frozenset(made), split)
+    actions: list[tuple[int, tuple[int, ...], tuple[Edge, ...]]] = []
+    for p, roots, edges in replay:
+        if len(roots) == 1:
+            st.union(p, roots[0])
+        else:
+            st.duplicate(p, set(roots))
+        made.update(edges)
+    made_after_step0 = frozenset(made) if not replay else None
+    for p in sorted((o for o in kernel_ops if o <= resume), reverse=True):
         if not st.owned(p) or st.members[st.find(p)] != [p]:
             continue
         found: set[int] = set()
@@ -487,6 +524,9 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
         else:
             continue
         made.update((p, u) for u in reader_ops)
+        actions.append((p, tuple(sorted(found)), tuple(sorted((p, u) for u in reader_ops))))
+    if made_after_step0 is not None:
+        _remember_phase1(log_key, program, target, frozenset(forbid), made_after_step0, split, actions)
 
     for p, c in force:
         if st.owned(p) and st.owned(c) and st.find(p) != st.find(c):

@@ -386,3 +386,29 @@ def test_top_k_is_a_kernel_of_its_own(h100):
     plan = plan_for(prog, h100, "fuse{strategy=xla}")
     assert ["top_k"] in kernel_ops(prog, plan)
     assert not any("top_k" in k and len(k) > 1 for k in kernel_ops(prog, plan))
+
+
+def test_a_decision_replayed_from_a_remembered_run_is_the_one_made_afresh(h100):
+    # fusion_decisions forbids one edge at a time: the producer-fusion decisions before the forbidden producer's
+    # turn are replayed from the first run, and the result must be exactly what deciding afresh gives
+    from passes import fusion_xla
+
+    def step(w1, w2, x):
+        def loss(w1, w2):
+            h = jax.nn.gelu(x @ w1)
+            h = (h - h.mean(-1, keepdims=True)) * jax.lax.rsqrt(h.var(-1, keepdims=True) + 1e-5)
+            return jnp.mean(jnp.square(h @ w2))
+        g1, g2 = jax.grad(loss, argnums=(0, 1))(w1, w2)
+        return w1 - 1e-3 * g1, w2 - 1e-3 * g2
+
+    prog = explorer.lower(step, S((256, 512), jnp.float32), S((512, 256), jnp.float32), S((64, 256), jnp.float32))
+    fusion_xla._PHASE1.clear()
+    base = fusion_xla.decide(prog, h100, set(), ())
+    assert fusion_xla._PHASE1                                    # remembered
+    for edge in sorted(base.made):
+        replayed = fusion_xla.decide(prog, h100, {edge}, ())
+        fusion_xla._PHASE1.clear()
+        fresh = fusion_xla.decide(prog, h100, {edge}, ())
+        fusion_xla.decide(prog, h100, set(), ())                 # the base run remembered again
+        assert (replayed.groups, replayed.copies, replayed.made) == (fresh.groups, fresh.copies, fresh.made), edge
+        assert edge not in fresh.made

@@ -16,7 +16,7 @@ from passes import pipeline as pl
 from passes.fusion import Fuse
 
 from ..graph import names
-from ..pricing.price import estimate, step_seconds
+from ..pricing.price import step_seconds
 from ..report.units import fmt_bytes, fmt_seconds
 
 
@@ -76,10 +76,9 @@ def fusion_decisions(program, target, pipeline: str | list = "fuse{strategy=xla}
         runs = program.weights[e[0]]
         return runs * (2 * intermediate(*e) * t_byte + target.launch_overhead_s)
 
-    base_est = estimate(program, target, pipeline=passes)
-    base = base_est.seconds
-    # work outside forward / backward is the optimizer update when the program has a backward (as the estimate says)
-    other = "optimizer" if any(k.phase == "backward" for k in base_est.kernels) else "forward"
+    base = step_seconds(program, target, pipeline=passes)      # ``estimate(...).seconds``, bit for bit
+    # work outside forward / backward is the optimizer update when the program has a backward pass
+    other = "optimizer" if any(names.parse(op.name_stack)[0] == "backward" for op in graph.ops) else "forward"
 
     def phase_of(op: int) -> str:
         ph = names.parse(graph.ops[op].name_stack)[0]
