@@ -631,8 +631,15 @@ class _Order:
         barriers = [-1 - op.id for op in graph.ops if not st.owned(op.id) and op.id not in st.copied_in
                     and st.cls.get(op.id) not in ("view", "generator") and op.results]
         nodes = list(st.members) + barriers
-        self.order = sorted(nodes, key=lambda n: (max(st.members[n]) if n >= 0 else -1 - n, n))
-        self.index = {n: i for i, n in enumerate(self.order)}
+        order = sorted(nodes, key=lambda n: (max(st.members[n]) if n >= 0 else -1 - n, n))
+        # the order as a doubly linked list with increasing keys (``index``: node -> key, compared, never a
+        # position): a merge moves only the nodes it must, each given a key in the gap after the merged group,
+        # instead of rewriting every position between the two groups (quadratic in the program)
+        self.index: dict[int, float] = {n: float(i) for i, n in enumerate(order)}
+        self._next: dict[int, int | None] = {n: (order[i + 1] if i + 1 < len(order) else None)
+                                             for i, n in enumerate(order)}
+        self._prev: dict[int, int | None] = {n: (order[i - 1] if i else None) for i, n in enumerate(order)}
+        self._head = order[0] if order else None
         self._succ: dict[int, set[int]] = {}
 
     def node(self, n: int) -> int:
@@ -675,23 +682,76 @@ class _Order:
             for y in self.succ(x):
                 if y not in seen and index[y] <= bound:
                     heapq.heappush(heap, (-index[y], y))
-        lo = self.index[first]
-        window = self.order[lo:bound + 1]
-        keep = [n for n in window if n is not None and n != first and n not in seen]
-        moved_in_order = [n for n in window if n is not None and n in seen]
+        # the merged group takes ``second``'s place; what ``first`` reaches before it moves just after it, in order
+        moved.sort(key=index.__getitem__)
+        self._unlink(first)
+        for x in moved:
+            self._unlink(x)
         root = st.union(first, second)
-        keep = [root if n == second else n for n in keep]
-        new = keep + moved_in_order
-        new += [None] * (len(window) - len(new))       # the merged-away slot stays empty: no index after it moves
-        self.order[lo:bound + 1] = new
-        gone = first if root != first else second
-        self.index.pop(gone, None)
-        for i in range(lo, bound + 1):
-            if self.order[i] is not None:
-                self.index[self.order[i]] = i
+        if root != second:                 # the root's id takes over second's place in the list
+            self._replace(second, root)
+        index.pop(first if root != first else second, None)
+        self._insert_after(root, moved)
         self._succ.pop(first, None)
         self._succ.pop(second, None)
         return root
+
+    def _unlink(self, n: int) -> None:
+        p, q = self._prev.pop(n), self._next.pop(n)
+        if p is None:
+            self._head = q
+        else:
+            self._next[p] = q
+        if q is not None:
+            self._prev[q] = p
+
+    def _replace(self, old: int, new: int) -> None:
+        p, q = self._prev.pop(old), self._next.pop(old)
+        self._prev[new], self._next[new] = p, q
+        if p is None:
+            self._head = new
+        else:
+            self._next[p] = new
+        if q is not None:
+            self._prev[q] = new
+        self.index[new] = self.index[old]
+
+    def _insert_after(self, at: int, nodes: list[int]) -> None:
+        """``nodes`` (in this order) just after ``at``, with keys evenly in the gap before ``at``'s successor;
+        every key renumbered (0, 1, 2, ... along the list: the same order) when that gap is too narrow."""
+        if not nodes:
+            return
+        q = self._next[at]
+        lo = self.index[at]
+        hi = self.index[q] if q is not None else lo + len(nodes) + 1.0
+        step = (hi - lo) / (len(nodes) + 1)
+        prev = at
+        for i, n in enumerate(nodes):
+            self._prev[n], self._next[n] = prev, None
+            self._next[prev] = n
+            self.index[n] = lo + step * (i + 1)
+            prev = n
+        self._next[prev] = q
+        if q is not None:
+            self._prev[q] = prev
+        if step < 1e-6:
+            self._respace(at)
+
+    def _respace(self, start: int) -> None:
+        """Spread the keys of the nodes from ``start`` on until they are >= 1 apart: walk on until the nodes
+        walked span at least twice their count of keys, and space them evenly over it (the same order; the
+        nodes before ``start`` and after the walk keep theirs)."""
+        walked = [start]
+        n = self._next[start]
+        while True:
+            span = (self.index[n] - self.index[start]) if n is not None else 2.0 * len(walked)
+            if span >= 2.0 * len(walked):
+                break
+            walked.append(n)
+            n = self._next[n]
+        base, gap = self.index[start], span / len(walked)
+        for i, x in enumerate(walked):
+            self.index[x] = base + gap * i
 
 
 def _row_softmax(program, st: _State, order: _Order, space, made: set[Edge], forbid: set[Edge]) -> None:

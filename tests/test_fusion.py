@@ -412,3 +412,42 @@ def test_a_decision_replayed_from_a_remembered_run_is_the_one_made_afresh(h100):
         fusion_xla.decide(prog, h100, set(), ())                 # the base run remembered again
         assert (replayed.groups, replayed.copies, replayed.made) == (fresh.groups, fresh.copies, fresh.made), edge
         assert edge not in fresh.made
+
+
+def test_the_kernel_order_stays_a_list_of_increasing_keys_through_merges(h100):
+    # _Order keeps groups in a linked list with increasing keys (a merge moves only what it must); after every
+    # merge of a train step's fusion the list holds each live group once, in key order, and respaces crowded keys
+    from passes import fusion_xla
+
+    seen_orders = []
+    real_merge = fusion_xla._Order.merge
+
+    def checked(self, a, b, direct_edge_ok, limit=20000):
+        out = real_merge(self, a, b, direct_edge_ok, limit)
+        seen_orders.append(self)
+        walk, n = [], self._head
+        while n is not None:
+            walk.append(n)
+            n = self._next[n]
+        assert len(walk) == len(set(walk)) == len(self.index)
+        keys = [self.index[x] for x in walk]
+        assert all(x < y for x, y in zip(keys, keys[1:]))
+        return out
+
+    prog = explorer.lower(lambda w, x: jax.grad(lambda w: jnp.sum(jax.nn.softmax(x @ w) ** 2))(w),
+                          S((256, 256), jnp.float32), S((128, 256), jnp.float32))
+    fusion_xla._Order.merge = checked
+    try:
+        fusion_xla.decide(prog, h100, set(), ())
+    finally:
+        fusion_xla._Order.merge = real_merge
+    assert seen_orders
+    order = seen_orders[-1]
+    for i in range(40):                    # crowd one gap until it must be respaced
+        at = order._head
+        order._insert_after(at, [-10_000 - i])
+    walk, n = [], order._head
+    while n is not None:
+        walk.append(order.index[n])
+        n = order._next[n]
+    assert all(x < y for x, y in zip(walk, walk[1:]))
