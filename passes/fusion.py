@@ -491,8 +491,22 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
                     return True
         return False
 
+    # a group built before under the same everything-else (the same ops in kernels, recomputed in the same groups:
+    # what reads and writes depend on beyond the group itself) is the same kernel: workflows that re-run fusion
+    # with one decision changed (``fusion_decisions``) rebuild only the groups that changed
+    context = (program, target if spill else None, spill, plan.work_overrides, plan.value_bytes, frozenset(split_k))
+    layout = (frozenset(kernel_ops), frozenset((tuple(g), copies[gi]) for gi, g in enumerate(groups) if copies[gi]))
+    hit = next((m for c, lay, m in _BUILT if len(c) == len(context) and all(x is y or (isinstance(x, frozenset) and
+                                                                                        x == y)
+                                                                              for x, y in zip(c, context))
+                and lay == layout), None)
+    built: dict[tuple, Kernel] = {} if hit is None else hit
     kernels = []
     for gi, members in sorted(enumerate(groups), key=lambda t: t[1]):
+        again = built.get((tuple(members), copies[gi]))
+        if again is not None:
+            kernels.append(again)
+            continue
         mset = set(members)
         dup = copies[gi]
         reads: dict[int, float] = {}
@@ -534,7 +548,16 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
         kind = "single" if len(members) == 1 else ("output" if kinds & MATMUL else ("input" if kinds & REDUCE else "loop"))
         kernels.append(Kernel(ops=tuple(members), reads=tuple(sorted(reads.items())), writes=tuple(writes),
                               spill_bytes=spill_bytes, kind=kind, recomputed=tuple(sorted(dup))))
+        if hit is None:
+            built[(tuple(members), dup)] = kernels[-1]
+    if hit is None:
+        while len(_BUILT) >= 2:
+            _BUILT.pop(0)
+        _BUILT.append((context, layout, built))
     return tuple(kernels)
+
+
+_BUILT: list[tuple[tuple, tuple, dict]] = []     # (context, layout, (members, recomputed) -> Kernel), last two
 
 
 def _looked_through(graph, oid: int) -> bool:
