@@ -8,6 +8,7 @@ from tabulate import tabulate
 
 from passes import pipeline as pl
 
+from ..graph.gcpause import paused_gc
 from ..pricing.estimate import Estimate
 from ..pricing.price import estimate
 from ..report.units import fmt_bytes, fmt_seconds
@@ -81,4 +82,5 @@ def compare_alternatives(program, target, pipeline: str | Sequence[Any] = "fuse{
             candidate = base[:i] + [alt] + base[i + 1:]
             if candidate not in variants:
                 variants.append(candidate)
-    return Comparison(tuple(estimate(program, target, pipeline=v, strict=strict) for v in variants))
+    with paused_gc():      # one estimate after another of the whole program: no collector walks in between
+        return Comparison(tuple(estimate(program, target, pipeline=v, strict=strict) for v in variants))

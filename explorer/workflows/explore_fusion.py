@@ -16,6 +16,7 @@ from passes import pipeline as pl
 from passes.fusion import Fuse
 
 from ..graph import names
+from ..graph.gcpause import paused_gc
 from ..pricing.price import step_seconds
 from ..report.units import fmt_bytes, fmt_seconds
 
@@ -58,6 +59,11 @@ def with_fusion_edges(pipeline: str | list, forbid=(), force=()) -> list:
 
 def fusion_decisions(program, target, pipeline: str | list = "fuse{strategy=xla}", top: int = 10) -> list[FusionDecision]:
     """The ``top`` fusion decisions ranked by exact time saved on ``target``."""
+    with paused_gc():      # 1 + ``top`` fusions and pricings of the whole program, each allocating millions
+        return _fusion_decisions(program, target, pipeline, top)
+
+
+def _fusion_decisions(program, target, pipeline, top: int) -> list[FusionDecision]:
     passes, i = _fuse_pass(pipeline)
     edges = [e for e in passes[i].candidates(program, target) if e[1] >= 0]
     graph = program.graph
