@@ -419,16 +419,22 @@ def _price_open_plan(row: Row) -> dict:
         r = dataclasses.replace(row, plan=dataclasses.replace(p, micro_batch=b, microbatches=per_replica // b),
                                 batch=b * p.dp, assumptions=list(row.assumptions))
         tried.append((r, _price_interleaving(r)))
-    fitting = [t for t in tried if t[1]["fits"]]
-    best, out = min(fitting, key=lambda t: t[1]["predicted_s"]) if fitting else \
-        min(tried, key=lambda t: (t[1]["memory_per_device_bytes"], t[1]["predicted_s"]))
-    listing = ", ".join(f"mb{r.plan.micro_batch} {o['predicted_s']:.3g} s {o['memory_per_device_bytes'] / 1e9:.0f} GB"
-                        for r, o in tried)
+    (best, out), listing, why = _fastest_that_fits(tried, lambda r: f"mb{r.plan.micro_batch}")
     row.plan, row.batch = best.plan, best.batch
     row.assumptions = [a for a in best.assumptions if a != "micro batch 1 (not given)"] + [
-        f"micro batch not given: searched ({listing}), mb{best.plan.micro_batch} priced "
-        f"({'fastest that fits' if fitting else 'none fits: the least memory'})"]
+        f"micro batch not given: searched ({listing}), mb{best.plan.micro_batch} priced ({why})"]
     return out
+
+
+def _fastest_that_fits(tried: list, label) -> tuple[tuple, str, str]:
+    """Of ``tried`` (choice, priced row) pairs, the fastest that fits the chip, else the one that needs the least
+    memory; with the listing of every choice (``label(choice)``, time, memory) and which of the two it was."""
+    fitting = [t for t in tried if t[1]["fits"]]
+    pick = min(fitting, key=lambda t: t[1]["predicted_s"]) if fitting else \
+        min(tried, key=lambda t: (t[1]["memory_per_device_bytes"], t[1]["predicted_s"]))
+    listing = ", ".join(f"{label(c)} {o['predicted_s']:.3g} s {o['memory_per_device_bytes'] / 1e9:.0f} GB"
+                        for c, o in tried)
+    return pick, listing, "fastest that fits" if fitting else "none fits: the least memory"
 
 
 def _price_interleaving(row: Row) -> dict:
@@ -441,16 +447,12 @@ def _price_interleaving(row: Row) -> dict:
     for v in [d for d in range(1, per_stage + 1) if per_stage % d == 0]:
         plan = dataclasses.replace(p, vp=v, schedule="interleaved" if v > 1 else "1f1b")
         tried.append((plan, _predict(dataclasses.replace(row, plan=plan))))
-    fitting = [t for t in tried if t[1]["fits"]]
-    plan, out = min(fitting, key=lambda t: t[1]["predicted_s"]) if fitting else \
-        min(tried, key=lambda t: (t[1]["memory_per_device_bytes"], t[1]["predicted_s"]))
-    listing = ", ".join(f"v{q.vp} {o['predicted_s']:.3g} s {o['memory_per_device_bytes'] / 1e9:.0f} GB"
-                        for q, o in tried)
+    (plan, out), listing, why = _fastest_that_fits(tried, lambda q: f"v{q.vp}")
     row.plan = plan
     row.assumptions = [a for a in row.assumptions
                        if not a.startswith(("1F1B (interleaving", "interleaved 1F1B of an unpublished"))] + [
         f"interleaved 1F1B of an unpublished degree (Dubey et al. 2024, sec. 3.3.2): searched ({listing}), "
-        f"v{plan.vp} priced ({'fastest that fits' if fitting else 'none fits: the least memory'})"]
+        f"v{plan.vp} priced ({why})"]
     return out
 
 

@@ -494,12 +494,11 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
     # a group built before under the same everything-else (the same ops in kernels, recomputed in the same groups:
     # what reads and writes depend on beyond the group itself) is the same kernel: workflows that re-run fusion
     # with one decision changed (``fusion_decisions``) rebuild only the groups that changed
-    context = (program, target if spill else None, spill, plan.work_overrides, plan.value_bytes, frozenset(split_k))
-    layout = (frozenset(kernel_ops), frozenset((tuple(g), copies[gi]) for gi, g in enumerate(groups) if copies[gi]))
-    hit = next((m for c, lay, m in _BUILT if len(c) == len(context) and all(x is y or (isinstance(x, frozenset) and
-                                                                                        x == y)
-                                                                              for x, y in zip(c, context))
-                and lay == layout), None)
+    same_objects = (program, target if spill else None, plan.work_overrides, plan.value_bytes)
+    same_values = (spill, frozenset(split_k), frozenset(kernel_ops),
+                   frozenset((tuple(g), copies[gi]) for gi, g in enumerate(groups) if copies[gi]))
+    hit = next((m for objects, values, m in _BUILT
+                if all(x is y for x, y in zip(objects, same_objects)) and values == same_values), None)
     built: dict[tuple, Kernel] = {} if hit is None else hit
     kernels = []
     for gi, members in sorted(enumerate(groups), key=lambda t: t[1]):
@@ -553,11 +552,13 @@ def build_kernels(program, groups: list[list[int]], target=None, spill: bool = F
     if hit is None:
         while len(_BUILT) >= 2:
             _BUILT.pop(0)
-        _BUILT.append((context, layout, built))
+        _BUILT.append((same_objects, same_values, built))
     return tuple(kernels)
 
 
-_BUILT: list[tuple[tuple, tuple, dict]] = []     # (context, layout, (members, recomputed) -> Kernel), last two
+# the last two builds: (objects they read, compared by identity; values, compared by equality;
+# (members, recomputed) -> Kernel)
+_BUILT: list[tuple[tuple, tuple, dict]] = []
 
 
 def _looked_through(graph, oid: int) -> bool:

@@ -696,29 +696,27 @@ class _Order:
         self._succ.pop(second, None)
         return root
 
-    def _unlink(self, n: int) -> None:
-        p, q = self._prev.pop(n), self._next.pop(n)
-        if p is None:
-            self._head = q
+    def _join(self, a: int | None, b: int | None) -> None:
+        """``b`` right after ``a`` in the list (``a`` None: ``b`` is the head; ``b`` None: ``a`` is the tail)."""
+        if a is None:
+            self._head = b
         else:
-            self._next[p] = q
-        if q is not None:
-            self._prev[q] = p
+            self._next[a] = b
+        if b is not None:
+            self._prev[b] = a
+
+    def _unlink(self, n: int) -> None:
+        self._join(self._prev.pop(n), self._next.pop(n))
 
     def _replace(self, old: int, new: int) -> None:
         p, q = self._prev.pop(old), self._next.pop(old)
-        self._prev[new], self._next[new] = p, q
-        if p is None:
-            self._head = new
-        else:
-            self._next[p] = new
-        if q is not None:
-            self._prev[q] = new
+        self._join(p, new)
+        self._join(new, q)
         self.index[new] = self.index[old]
 
     def _insert_after(self, at: int, nodes: list[int]) -> None:
         """``nodes`` (in this order) just after ``at``, with keys evenly in the gap before ``at``'s successor;
-        every key renumbered (0, 1, 2, ... along the list: the same order) when that gap is too narrow."""
+        the keys from ``at`` on respaced (``_respace``) when that gap is too narrow."""
         if not nodes:
             return
         q = self._next[at]
@@ -727,13 +725,10 @@ class _Order:
         step = (hi - lo) / (len(nodes) + 1)
         prev = at
         for i, n in enumerate(nodes):
-            self._prev[n], self._next[n] = prev, None
-            self._next[prev] = n
+            self._join(prev, n)
             self.index[n] = lo + step * (i + 1)
             prev = n
-        self._next[prev] = q
-        if q is not None:
-            self._prev[q] = prev
+        self._join(prev, q)
         if step < 1e-6:
             self._respace(at)
 

@@ -93,20 +93,21 @@ def _model(c, integrality, bounds, constraints):
     import highspy
     from scipy.sparse import csc_matrix
 
+    def vec(x, size: int) -> np.ndarray:          # a scalar or an array, as ``size`` floats
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=float), (size,)))
+
     c = np.asarray(c, dtype=float)
     n = len(c)
     lp = highspy.HighsLp()
     lp.num_col_ = n
     lp.col_cost_ = c
-    lb = np.zeros(n) if bounds is None else np.broadcast_to(np.asarray(bounds.lb, dtype=float), (n,))
-    ub = np.full(n, np.inf) if bounds is None else np.broadcast_to(np.asarray(bounds.ub, dtype=float), (n,))
-    lp.col_lower_, lp.col_upper_ = np.ascontiguousarray(lb), np.ascontiguousarray(ub)
+    lp.col_lower_ = vec(0.0 if bounds is None else bounds.lb, n)
+    lp.col_upper_ = vec(np.inf if bounds is None else bounds.ub, n)
     if constraints is not None:
         a = csc_matrix(constraints.A, dtype=float)
         m = a.shape[0]
         lp.num_row_ = m
-        lp.row_lower_ = np.ascontiguousarray(np.broadcast_to(np.asarray(constraints.lb, dtype=float), (m,)))
-        lp.row_upper_ = np.ascontiguousarray(np.broadcast_to(np.asarray(constraints.ub, dtype=float), (m,)))
+        lp.row_lower_, lp.row_upper_ = vec(constraints.lb, m), vec(constraints.ub, m)
         lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
         lp.a_matrix_.start_ = a.indptr.astype(np.int32)
         lp.a_matrix_.index_ = a.indices.astype(np.int32)
@@ -148,7 +149,7 @@ def solve_milp(c, *, integrality, bounds, constraints, node_limit: int = DEFAULT
         h.run()
     status = h.getModelStatus()
     info = h.getInfo()
-    found = info.primal_solution_status == 2       # kSolutionStatusFeasible
+    found = info.primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible
     x = np.array(h.getSolution().col_value) if found else None
     message = h.modelStatusToString(status)
     return Solved(x=x, objective=float(info.objective_function_value) if found else float("nan"),

@@ -22,7 +22,7 @@ def main_memory_liveness(program: Any, plan: Any, kernels: Sequence[Any]) -> liv
     ranged = frozenset(plan.live_ranges or ())   # a value given a live range is materialised over it
     end = len(program.graph.ops)
     buffers = [(e.after_op, e.holds_until if e.holds_until >= 0 else end, e.holds_bytes)
-               for e in plan.extra_kernels if getattr(e, "holds_bytes", 0.0) > 0]
+               for e in plan.extra_kernels if e.holds_bytes > 0]
     return liveness.analyse(program.graph, transient=(transient_values(program, kernels) - ranged) | elsewhere,
                             ranges=plan.live_ranges, sizes=plan.value_bytes, extend=recompute_reads(program, kernels),
                             buffers=buffers)
