@@ -61,6 +61,9 @@ def small_step():
 
 
 @pytest.mark.parametrize("doc", DOCS)
+# the Ray snippet starts a local cluster with subprocess (fork then exec: no Python runs in the child), which JAX's
+# fork hook warns about as if the child went on running JAX
+@pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 def test_every_python_snippet_runs_as_written(doc, small_step, tmp_path, monkeypatch):
     import jax
 
