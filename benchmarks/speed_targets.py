@@ -11,6 +11,15 @@ noisy: compare the ratios, not the absolute seconds).
 - ``workflows``: ``fusion_decisions`` on the GPT-2 step (target <= 2 s) and ``compare_alternatives`` with the ILP
   placement (target <= 10 s, deterministic: run twice, rows compared bit for bit); reference: one default
   estimate of the same program in the same run.
+- ``row_sweep``: a hardware sweep of the GPT-3 175B Megatron row of the shared validation data
+  (``train_megatron_t2_ptdp_174.6B_384gpu``: A100, tp 8, pp 12, dp 4, 384 microbatches, 1F1B, the row's own
+  ``shard`` + ``fuse{strategy=xla}`` pipeline, pipeline pricing included) at 100,000 and 1,000 variants, from the
+  lowered program (targets: >= 10,000 variants/s at 100,000; 1,000 in <= 0.2 s); reference: one variant priced
+  on its own (passes + estimate + ``price_pipeline``) in the same run, and Calculon's 373 evaluations/s (issue 14,
+  measured on this machine; Calculon is not a package that installs here). A sample of rows is checked against
+  the per-variant evaluation, bit for bit.
+- ``search``: ``search_sharding`` of the same 175B model (2 blocks built, 96 priced) on 64 A100s (target >= 300
+  plans/s); reference: one sharded estimate of the same program.
 
     python benchmarks/speed_targets.py                 # all sections; writes benchmarks/results/<date>-speed-targets.txt
     python benchmarks/speed_targets.py gpt2 --no-save  # one section, printed only
@@ -172,12 +181,93 @@ def workflows(out: list[str], repeats: int) -> None:
         out.append(f"    note: {n}")
 
 
+ROW_175B = "train_megatron_t2_ptdp_174.6B_384gpu"
+CALCULON_PER_S = 373.0     # issue 14: Calculon's GPT-3 175B evaluation rate, one core, measured on this machine
+
+
+def _row_175b():
+    import training_models as tm
+    import validate_training as vt
+    from reference_data import read_rows
+    raw = [r for r in read_rows(None, ["train_step"]) if r.get("case_id") == ROW_175B]
+    row = vt.parse(raw[0])
+    fn, args = tm.train_program(row.model, row.batch)
+    p = row.plan
+    options = dict(stages=p.pp, microbatches=p.microbatches, schedule=p.schedule, blocks=row.layers,
+                   stage_stride=p.dp * p.tp, job_devices=p.chips)
+    return row, explorer.lower(fn, *args), [vt._shard(row), *pl.parse("fuse{strategy=xla}")], options
+
+
+ROW_KNOBS = ("memory.hbm.bandwidth_bytes_per_s", "compute.matrix_flops_per_s.bf16",
+             "scale_up.chip_bandwidth_bytes_per_s", "scale_out.chip_bandwidth_bytes_per_s", "memory.hbm.capacity_bytes")
+
+
+def row_sweep(out: list[str], repeats: int) -> None:
+    from explorer.pricing.pipeline_parallel import price_pipeline
+    row, prog, passes, options = _row_175b()
+    target = hw_targets.load(row.preset)
+    k = target.knobs()
+    grid = {n: [k[n] * (0.5 + 0.15 * i) for i in range(10)] for n in ROW_KNOBS}         # 10^5 variants
+    small = {n: v for n, v in list(grid.items())[:3]}                                   # 10^3 variants
+    fresh = iter([Program.from_graph(prog.graph) for _ in range(2 * repeats + 2)])     # nothing remembered reused
+
+    def one(p, variant):
+        t = target.replace(**variant)
+        return price_pipeline(explorer.estimate(p, t, passes), t, **options)
+
+    explorer.sweep(next(fresh), target, small, passes, pipeline_parallel=options)      # warm: imports, rule tables
+    big_s, big_t, res = _median(lambda: explorer.sweep(next(fresh), target, grid, passes, pipeline_parallel=options),
+                                repeats)
+    small_s, small_t, _ = _median(lambda: explorer.sweep(next(fresh), target, small, passes,
+                                                         pipeline_parallel=options), repeats)
+    variants = explorer.workflows.sweep.grid_variants(target, grid)
+    sample = list(range(0, len(variants), len(variants) // 7))[:7]
+    ref_t, same = [], True
+    for i in sample:
+        t0 = time.perf_counter()
+        pe = one(Program.from_graph(prog.graph), variants[i])
+        ref_t.append(time.perf_counter() - t0)
+        same &= float(pe.seconds).hex() == float(res.column("seconds")[i]).hex()
+    ref = statistics.median(ref_t)
+    rate = len(res) / big_s
+    out.append(f"## Hardware sweep of the GPT-3 175B Megatron row ({ROW_175B}: {row.preset}, {row.plan.label()}; "
+               f"{len(prog.graph.ops):,} ops, 2 of {row.layers} blocks built), pipeline {pl.to_text(passes)} + "
+               f"pipeline pricing; knobs {', '.join(ROW_KNOBS)}")
+    out.append(f"  {len(res):,} variants  {big_s:7.3f} s = {rate:9,.0f} variants/s   (median of {repeats}: "
+               f"{_fmt(big_t)}; {res.method})  target >= 10,000/s  {'MET' if rate >= 10_000 else 'not met'}")
+    out.append(f"  {10 ** 3:,} variants    {small_s:7.3f} s   (median of {repeats}: {_fmt(small_t)})  target <= 0.2 s  "
+               f"{'MET' if small_s <= 0.2 else 'not met'}")
+    out.append(f"  reference: one variant on its own (passes + estimate + price_pipeline) {ref:.3f} s = "
+               f"{1 / ref:,.1f} variants/s: the sweep is {rate * ref:,.0f}x that; Calculon's {CALCULON_PER_S:.0f}/s: "
+               f"{rate / CALCULON_PER_S:,.1f}x (target >= 25x)")
+    out.append(f"  {len(sample)} sampled rows equal their own evaluation bit for bit: {same}")
+
+
+def search(out: list[str], repeats: int) -> None:
+    import training_models as tm
+    row, _, passes, _ = _row_175b()
+    fn, args = tm.train_program(row.model, 64)
+    prog = explorer.lower(fn, *args)
+    target = hw_targets.load(row.preset)
+    fresh = iter([Program.from_graph(prog.graph) for _ in range(repeats + 1)])
+    one, _, _ = _median(lambda: explorer.estimate(Program.from_graph(prog.graph), target,
+                                                  "shard{mesh=data=8.model=8,dp=data,tp=model},fuse{strategy=xla}"),
+                        repeats)
+    s, st, res = _median(lambda: explorer.search_sharding(next(fresh), target, 64, blocks=row.layers), repeats)
+    rate = len(res.rows) / s
+    best = res.best.label if res.best else "nothing fits"
+    out.append(f"## search_sharding, GPT-3 175B (2 of {row.layers} blocks built) on 64 x {row.preset}")
+    out.append(f"  {len(res.rows)} plans in {s:.3f} s = {rate:,.1f} plans/s   (median of {repeats}: {_fmt(st)})  "
+               f"target >= 300/s  {'MET' if rate >= 300 else 'not met'}; best: {best}")
+    out.append(f"  reference: one sharded estimate {one:.3f} s: the search took {s / one:.1f} estimates")
+
+
 def _gpt2_args():
     fn, fargs = program_fn(str(ROOT / "examples" / "gpt2_train.py"))()
     return (fn, *fargs)
 
 
-SECTIONS = {"gpt2": gpt2, "scaling": scaling, "workflows": workflows}
+SECTIONS = {"gpt2": gpt2, "scaling": scaling, "workflows": workflows, "row_sweep": row_sweep, "search": search}
 
 
 def main() -> None:

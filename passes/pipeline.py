@@ -168,11 +168,29 @@ def resolve(pipeline: str | Sequence[Any] | None) -> list[Any]:
 
 def run(passes: Sequence[Any], program, target, plan: Plan | None = None, verify: bool = False) -> Plan:
     """Apply passes in order. A failure names the pass and the ones that ran before it."""
+    return _run(passes, program, target, plan, verify)
+
+
+def run_certified(passes: Sequence[Any], program, target, certify: Sequence[Any]) -> tuple[Plan, list[Any]]:
+    """``run``, each pass in ``certify`` through its ``run_certified`` (the certificate of its decisions, see
+    ``passes.decisions``): the plan and the certificates, in pass order. A sweep checks them on its variants: where
+    all hold, these passes decide as they did here (the others read no swept knob)."""
+    certificates: list[Any] = []
+    plan = _run(passes, program, target, None, False, certify, certificates)
+    return plan, certificates
+
+
+def _run(passes: Sequence[Any], program, target, plan: Plan | None, verify: bool, certify: Sequence[Any] = (),
+         certificates: list[Any] | None = None) -> Plan:
     plan = plan or Plan()
     done: list[str] = []
     for p in passes:
         try:
-            plan = p.run(program, plan, target)
+            if any(p is c for c in certify):
+                plan, cert = p.run_certified(program, plan, target)
+                certificates.append(cert)
+            else:
+                plan = p.run(program, plan, target)
         except Exception as exc:
             before = ", ".join(done) or "none"
             raise PassError(f"pass {to_text([p])} failed (passes run before it: {before}): "

@@ -86,12 +86,27 @@ def collective_seconds(target: Any, w) -> Any:
     """Time of the collective a ``Work`` describes on ``target`` (0 if it is not one).
 
     ``target`` may also be a vectorised sweep's view whose network figures are numpy arrays (one entry per
-    variant): each variant is then priced on its own scalar figures, so every entry equals the scalar result.
+    variant): each distinct pair of networks among the variants is then priced on its own scalar figures (once per
+    sweep), so every entry equals the scalar result.
     """
     if not w.collective or w.group_size <= 1:
         return 0.0
-    args = (w.collective, w.collective_bytes, w.group_size, getattr(w, "group_stride", 1) or 1,
-            getattr(w, "job_devices", 0) or 0)
+    return collective_seconds_of(target, w.collective, w.collective_bytes, w.group_size,
+                                 getattr(w, "group_stride", 1) or 1, getattr(w, "job_devices", 0) or 0)
+
+
+def collective_seconds_of(target: Any, kind: str, nbytes: float, group_size: int, stride: int = 1,
+                          job_devices: int = 0) -> Any:
+    """``collective_time(...).seconds``, also on a vectorised sweep's view (one entry per variant)."""
+    args = (kind, nbytes, group_size, stride, job_devices)
+    network_variants = getattr(target, "network_variants", None)
+    nets = network_variants() if callable(network_variants) else None
+    if nets is not None:          # a sweep's view: timed once per distinct pair of networks, looked up per variant
+        views, index, memo = nets
+        times = memo.get(args)
+        if times is None:
+            times = memo[args] = [collective_time(v, *args).seconds for v in views]
+        return times[0] if len(times) == 1 else np.array(times)[index]
     variants = _variants(target)
     if variants is None:
         return collective_time(target, *args).seconds

@@ -7,6 +7,7 @@ target or N variants, and each entry equals the scalar result bit for bit.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -32,6 +33,8 @@ class Sections:
         self.base, self.n = base, n
         self.targets: dict[str, list[Any]] = {}
         self.inverse: dict[str, np.ndarray] = {}
+        self._networks: tuple | None = None
+        self.collective_memo: dict[tuple, list[float]] = {}   # collective args -> seconds per network pair
         by_section: dict[str, list[str]] = {}
         for k in knob_columns:
             by_section.setdefault(_section(k), []).append(k)
@@ -40,6 +43,25 @@ class Sections:
             uniq, inv = np.unique(values, axis=0, return_inverse=True)
             self.targets[sec] = [base.replace(**{k: float(x) for k, x in zip(names, row)}) for row in uniq]
             self.inverse[sec] = inv.reshape(-1)
+
+    def networks(self) -> tuple[list[Any], np.ndarray] | None:
+        """The distinct (scale-up, scale-out) pairs among the variants, each as a scalar view that
+        ``explorer.model.collectives.collective_time`` reads (its ``scale_up`` / ``scale_out`` from the validated
+        part targets), and each variant's index into them; None when no network knob is swept. A collective is
+        then timed once per pair, not once per variant."""
+        if self._networks is None:
+            up, out = self.inverse.get("scale_up"), self.inverse.get("scale_out")
+            if up is None and out is None:
+                self._networks = ()
+            else:
+                zero = np.zeros(self.n, dtype=np.int64)
+                keys = np.stack([zero if up is None else up, zero if out is None else out], axis=1)
+                pairs, inv = np.unique(keys, axis=0, return_inverse=True)
+                ups, outs = self.targets.get("scale_up"), self.targets.get("scale_out")
+                views = [SimpleNamespace(name=self.base.name, scale_up=(ups[a] if ups else self.base).scale_up,
+                                         scale_out=(outs[b] if outs else self.base).scale_out) for a, b in pairs]
+                self._networks = (views, inv.reshape(-1))
+        return self._networks or None
 
     def value(self, section: str, fn: Callable[[Any], Any], rows: slice):
         """``fn(target)`` for the variants ``rows``: a Python value when they all agree, else a numpy array."""
@@ -110,6 +132,16 @@ class ArrayTarget:
         if name not in self._levels:
             self._s.base.memory_level(name)   # raises the target's error naming the level
         return self._levels[name]
+
+    def network_variants(self) -> tuple[list[Any], np.ndarray, dict] | None:
+        """For collectives: the distinct network pairs (``Sections.networks``), the index of each variant of these
+        rows into them, and the memo of times per pair shared by every chunk of the sweep; None when no network
+        knob is swept."""
+        nets = self._s.networks()
+        if nets is None:
+            return None
+        views, inv = nets
+        return views, inv[self._rows], self._s.collective_memo
 
     def section_targets(self, section: str) -> list[Any]:
         """Per variant, a validated ``Target`` whose part ``section`` ("scale_up", "compute", "memory.hbm", ...) is

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 from tabulate import tabulate
 
 from passes.fusion import kernels_of
 
 from ..graph import names
-from ..model.collectives import collective_time
+from ..model.collectives import collective_seconds_of
+from ..model.timing import _max
 from ..model.memory import StageMemory, block_index, in_flight, training_memory
 from ..report.units import fmt_bytes, fmt_seconds
 
@@ -70,7 +72,8 @@ def schedule_seconds(stage_forward_s: Sequence[float], stage_backward_s: Sequenc
 
     Balanced stages give ``(m + p - 1) * (t_f + t_b)`` for GPipe / 1F1B and
     ``(m + (p - 1) / v) * (t_f + t_b)`` interleaved; unbalanced ones are paced by the slowest stage in
-    the steady state, and the fill/drain pass through every stage once.
+    the steady state, and the fill/drain pass through every stage once. The times may also be numpy arrays
+    (one entry per hardware variant of a sweep): each entry is then the scalar result, bit for bit.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown pipeline schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
@@ -86,16 +89,39 @@ def schedule_seconds(stage_forward_s: Sequence[float], stage_backward_s: Sequenc
         raise ValueError(f"interleaved 1F1B needs microbatches ({microbatches}) divisible by stages ({p})")
     m = microbatches
     per = [f + b for f, b in zip(stage_forward_s, stage_backward_s)]
-    slowest = max(per)
+    slowest = _largest(per)
     # steady state: m slots of the slowest stage (a send that outlasts the compute paces it instead)
-    steady = m * max(slowest, p2p_s)
+    steady = m * _max(slowest, p2p_s)
     # fill + drain: every other stage's work once, in 1/v-sized chunks when interleaved
-    ramp = (sum(per) - slowest) / v if p > 1 else 0.0
+    ramp = (_total(per) - slowest) / v if p > 1 else 0.0
     p2p_exposed = 2 * (p - 1) * v * p2p_s if p > 1 else 0.0
     total = steady + ramp + p2p_exposed
     busy = m * slowest
     return ScheduleTime(seconds=total, busy_seconds=busy, bubble_seconds=total - busy - p2p_exposed,
                         p2p_exposed_seconds=p2p_exposed)
+
+
+def _total(values):
+    """Left-to-right sum (floats or arrays of variants alike, on every Python version)."""
+    acc = 0.0
+    for x in values:
+        acc = acc + x
+    return acc
+
+
+def _largest(values):
+    acc = values[0]
+    for x in values[1:]:
+        acc = _max(acc, x)
+    return acc
+
+
+def _choose(cond, if_true: Callable[[], Any], if_false: Callable[[], Any]):
+    """``if_true() if cond else if_false()`` on a bool; on an array of variants both sides (no division warnings)."""
+    if isinstance(cond, np.ndarray):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(cond, if_true(), if_false())
+    return if_true() if cond else if_false()
 
 
 # -- a program on a pipeline ---------------------------------------------------------------------
@@ -174,7 +200,128 @@ def price_pipeline(estimate, target: Any, stages: int, microbatches: int, schedu
     Memory per device: ``explorer.model.memory.training_memory`` per stage (state as sharded, activations of the
     microbatches in flight under the schedule), the fullest stage reported.
     """
+    layout = pipeline_layout(estimate, stages, microbatches, schedule, virtual, blocks, stage_stride, job_devices,
+                             microbatch_scale, step_axes)
+    t = layout.timed(target, [k.seconds for k in estimate.kernels], estimate.seconds, estimate.hidden_comm_seconds)
+    notes = list(layout.notes)
+    if t.recompute_s:
+        notes.insert(layout.recompute_note_at,
+                     f"recomputation {fmt_seconds(t.recompute_s * microbatch_scale)} per microbatch, in each backward pass")
+    return PipelineEstimate(stages=stages, microbatches=microbatches, schedule=schedule, virtual=layout.virtual,
+                            stage_forward_s=tuple(t.stage_forward_s), stage_backward_s=tuple(t.stage_backward_s),
+                            step_extra_s=t.step_extra_s, p2p_s=t.p2p_s, p2p_bytes=layout.p2p_bytes,
+                            schedule_time=t.schedule_time, memory_per_device_bytes=layout.memory_per_device_bytes,
+                            notes=tuple(notes), memory=layout.memory)
+
+
+@dataclass(frozen=True)
+class PipelineTimes:
+    """The knob-dependent figures of a pipelined step: floats for one target, numpy arrays (one entry per
+    variant) for a sweep's view of many."""
+
+    stage_forward_s: tuple
+    stage_backward_s: tuple
+    step_extra_s: Any
+    p2p_s: Any
+    schedule_time: ScheduleTime
+    recompute_s: Any
+
+    @property
+    def seconds(self):
+        return self.schedule_time.seconds + self.step_extra_s
+
+
+@dataclass(frozen=True)
+class PipelineLayout:
+    """Everything ``price_pipeline`` reads from the estimate and its plan that no target knob changes: which part
+    of the schedule each row's time goes to, the stages' blocks, the boundary transfer's bytes and the memory per
+    device. A sweep builds it once and times it on arrays of variants (``timed``)."""
+
+    stages: int
+    microbatches: int
+    schedule: str
+    virtual: int
+    row_parts: tuple[tuple[str, str, bool, bool], ...]   # per row: (part, phase or side, scaled, recompute)
+    n_prog: int
+    n_real: int
+    stage_blocks: tuple[int, ...]
+    microbatch_scale: float
+    p2p_bytes: float
+    stage_stride: int
+    job_devices: int
+    memory_per_device_bytes: float
+    memory: StageMemory | None
+    notes: tuple[str, ...]
+    recompute_note_at: int            # where the recomputation note goes among ``notes``
+
+    def timed(self, target: Any, row_seconds: Sequence[Any], seconds: Any, hidden_comm_seconds: Any) -> PipelineTimes:
+        """The schedule's times from the rows' times (``KernelRow.seconds``), the microbatch step's time and its
+        hidden communication, on ``target`` (a ``Target``, or a sweep's ``ArrayTarget`` with arrays for all three)."""
+        n_prog, n_real, stages, v = self.n_prog, self.n_real, self.stages, self.virtual
+        per_block = {"forward": 0.0, "backward": 0.0}
+        first = {"forward": 0.0, "backward": 0.0}
+        last = {"forward": 0.0, "backward": 0.0}
+        once = {"block": 0.0, "first": 0.0, "last": 0.0, "rest": 0.0}
+        recompute = 0.0
+        for (part, key, scaled, recomputed), t in zip(self.row_parts, row_seconds):
+            if recomputed:
+                recompute = recompute + t
+            if part == "once":
+                once[key] = once[key] + t
+                continue
+            t = t * self.microbatch_scale if scaled else t
+            if part == "block":
+                per_block[key] = per_block[key] + t / n_prog
+            elif part == "first":
+                first[key] = first[key] + t
+            else:
+                last[key] = last[key] + t
+        # the microbatch program's schedule hides some communication behind compute (``hidden_comm_seconds``: its
+        # gradient reductions, overlapped with the backward pass) and overlaps or waits between other rows. What it
+        # hides, and any further overlap, comes off the once-per-step work (the reductions overlap the last
+        # microbatch's backward pass); what it waits (launches, idle engines) is spread over every part
+        total_once = _total(once.values())
+        exposed = _total(row_seconds) - hidden_comm_seconds
+        rest = seconds - exposed
+        overlapped = (rest >= 0) & (exposed > 0) if isinstance(rest, np.ndarray) else (rest >= 0 and exposed > 0)
+        ratio = _choose(overlapped, lambda: seconds / exposed, lambda: 1.0)
+        kept = total_once - hidden_comm_seconds
+        kept = _choose(overlapped, lambda: kept, lambda: kept + rest)
+        hidden_share = _choose(total_once > 0, lambda: _max(0.0, kept) / total_once, lambda: 1.0)
+        fwd, bwd, extra = [], [], []
+        attributed = once["block"] * (n_real / n_prog if n_prog else 1.0) + once["first"] + once["last"]
+        for s in range(stages):
+            blocks = self.stage_blocks[s]
+            f = per_block["forward"] * blocks
+            b = per_block["backward"] * blocks
+            e = once["block"] / n_prog * blocks if n_prog else (once["block"] if s == 0 else 0.0)
+            if s == 0:
+                f, b, e = f + first["forward"], b + first["backward"], e + once["first"]
+            if s == stages - 1:
+                f, b, e = f + last["forward"], b + last["backward"], e + once["last"]
+            # unattributed once-per-step work (a loss all-reduce, step counters) in proportion to the rest
+            e = e + once["rest"] * _choose(attributed > 0, lambda: e / attributed, lambda: 1.0 / stages)
+            fwd.append(f * ratio)
+            bwd.append(b * ratio)
+            extra.append(e * hidden_share * ratio)
+        # each stage updates its own blocks and reduces their gradients after the flush; the slowest one ends the step
+        step_extra = _largest(extra)
+        p2p_s = 0.0
+        if stages > 1 and self.p2p_bytes:
+            p2p_s = collective_seconds_of(target, "collective_permute", self.p2p_bytes, 2, max(1, self.stage_stride),
+                                          self.job_devices or self.stage_stride * stages)
+        st = schedule_seconds(fwd, bwd, self.microbatches, self.schedule, v, p2p_s)
+        return PipelineTimes(stage_forward_s=tuple(fwd), stage_backward_s=tuple(bwd), step_extra_s=step_extra,
+                             p2p_s=p2p_s, schedule_time=st, recompute_s=recompute)
+
+
+def pipeline_layout(estimate, stages: int, microbatches: int, schedule: str = "1f1b", virtual: int = 1,
+                    blocks: int | None = None, stage_stride: int = 1, job_devices: int = 0,
+                    microbatch_scale: float = 1.0, step_axes: Sequence[str] = ("data",)) -> PipelineLayout:
+    """The knob-independent part of ``price_pipeline`` (same arguments)."""
     _check(stages, microbatches, virtual)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown pipeline schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     v = virtual if schedule == "interleaved" else 1
     notes: list[str] = []
     rows = estimate.kernels
@@ -191,74 +338,30 @@ def price_pipeline(estimate, target: Any, stages: int, microbatches: int, schedu
     fsdp = any(_collective(k)[0] == "all_gather" and set(_collective(k)[1]) <= set(axes) and _collective(k)[1]
                and k.phase in ("forward", "backward") for k in rows)
     owner = _update_owner(program) if program is not None else {}
-    per_block = {"forward": 0.0, "backward": 0.0}
-    first = {"forward": 0.0, "backward": 0.0}
-    last = {"forward": 0.0, "backward": 0.0}
-    once = {"block": 0.0, "first": 0.0, "last": 0.0, "rest": 0.0}
-    recompute = 0.0
+    parts = []
     for k in rows:
-        t = k.seconds
         kind = _row_kind(k, axes, fsdp)
         phase = "backward" if k.phase == "recompute" else k.phase
-        if k.phase == "recompute":
-            recompute += t
+        recomputed = k.phase == "recompute"
         if kind == "step" or phase not in ("forward", "backward"):
-            once[_once_side(k, owner)] += t
+            parts.append(("once", _once_side(k, owner), False, recomputed))
             continue
-        t = t if kind == "weights" else t * microbatch_scale
         b = block_of(k.layer)
-        if b is not None and n_prog:
-            per_block[phase] += t / n_prog
-        elif _before_blocks(k):
-            first[phase] += t
-        else:
-            last[phase] += t
-    # the microbatch program's schedule hides some communication behind compute (``hidden_comm_seconds``: its
-    # gradient reductions, overlapped with the backward pass) and overlaps or waits between other rows. What it
-    # hides, and any further overlap, comes off the once-per-step work (the reductions overlap the last
-    # microbatch's backward pass); what it waits (launches, idle engines) is spread over every part
-    total_once = sum(once.values())
-    exposed = sum(k.seconds for k in rows) - estimate.hidden_comm_seconds
-    rest = estimate.seconds - exposed
-    ratio, kept = 1.0, total_once - estimate.hidden_comm_seconds
-    if rest >= 0 and exposed > 0:
-        ratio = estimate.seconds / exposed
-    else:
-        kept += rest
-    hidden_share = max(0.0, kept) / total_once if total_once > 0 else 1.0
+        part = "block" if b is not None and n_prog else ("first" if _before_blocks(k) else "last")
+        parts.append((part, phase, kind != "weights", recomputed))
     if n_real != n_prog and n_prog:
         notes.append(f"per-block time measured on {n_prog} blocks, scaled to {n_real}")
-    if recompute:
-        notes.append(f"recomputation {fmt_seconds(recompute * microbatch_scale)} per microbatch, in each backward pass")
+    recompute_note_at = len(notes)
     per_stage_blocks = [len(_blocks_of_stage(s, stages, v, n_real)) for s in range(stages)]
-    fwd, bwd, extra = [], [], []
-    attributed = once["block"] * (n_real / n_prog if n_prog else 1.0) + once["first"] + once["last"]
-    for s in range(stages):
-        f = per_block["forward"] * per_stage_blocks[s]
-        b = per_block["backward"] * per_stage_blocks[s]
-        e = once["block"] / n_prog * per_stage_blocks[s] if n_prog else (once["block"] if s == 0 else 0.0)
-        if s == 0:
-            f, b, e = f + first["forward"], b + first["backward"], e + once["first"]
-        if s == stages - 1:
-            f, b, e = f + last["forward"], b + last["backward"], e + once["last"]
-        # unattributed once-per-step work (a loss all-reduce, step counters) in proportion to the rest
-        e += once["rest"] * (e / attributed if attributed > 0 else 1.0 / stages)
-        fwd.append(f * ratio)
-        bwd.append(b * ratio)
-        extra.append(e * hidden_share * ratio)
-    # each stage updates its own blocks and reduces their gradients after the flush; the slowest one ends the step
-    step_extra = max(extra)
     p2p_bytes = _boundary_bytes(estimate) * microbatch_scale
-    p2p_s = collective_time(target, "collective_permute", p2p_bytes, 2, max(1, stage_stride),
-                            job_devices or stage_stride * stages).seconds if stages > 1 and p2p_bytes else 0.0
-    st = schedule_seconds(fwd, bwd, microbatches, schedule, v, p2p_s)
     memory, stage_mem, mem_notes = _memory(estimate, stages, microbatches, schedule, v, n_prog, n_real,
                                            per_stage_blocks, microbatch_scale)
     notes.extend(mem_notes)
-    return PipelineEstimate(stages=stages, microbatches=microbatches, schedule=schedule, virtual=v,
-                            stage_forward_s=tuple(fwd), stage_backward_s=tuple(bwd), step_extra_s=step_extra,
-                            p2p_s=p2p_s, p2p_bytes=p2p_bytes, schedule_time=st, memory_per_device_bytes=memory,
-                            notes=tuple(notes), memory=stage_mem)
+    return PipelineLayout(stages=stages, microbatches=microbatches, schedule=schedule, virtual=v,
+                          row_parts=tuple(parts), n_prog=n_prog, n_real=n_real, stage_blocks=tuple(per_stage_blocks),
+                          microbatch_scale=microbatch_scale, p2p_bytes=p2p_bytes, stage_stride=stage_stride,
+                          job_devices=job_devices, memory_per_device_bytes=memory, memory=stage_mem,
+                          notes=tuple(notes), recompute_note_at=recompute_note_at)
 
 
 def _collective(k) -> tuple[str, tuple[str, ...]]:

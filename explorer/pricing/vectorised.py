@@ -15,6 +15,7 @@ import numpy as np
 from ..model import schedule, timing
 from ..model.traffic import link_copy_time, traffic_by_level, transfer_time
 from ..model.variants import ArrayTarget, Sections
+from .pipeline_parallel import PipelineLayout, pipeline_layout
 from .price import price, priced_items, step_graph
 
 COST_COLUMNS = ("tdp_w", "price_usd", "die_area_mm2")
@@ -50,9 +51,11 @@ def plain_sum_rows(start: np.ndarray | float, values: np.ndarray, order: Sequenc
 
 
 def price_variants(program, base, plan, knob_columns: Mapping[str, np.ndarray], n: int,
-                   chunk: int = 2048) -> dict[str, np.ndarray]:
-    """Price ``plan`` on every variant at once; columns as ``row_of`` gives them for one estimate."""
+                   chunk: int = 2048, pipeline_parallel: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Price ``plan`` on every variant at once; columns as ``row_of`` gives them for one estimate (with
+    ``pipeline_parallel``, ``price_pipeline``'s arguments after the estimate: as ``pipelined_row`` gives them)."""
     est = price(program, base, plan)        # the knob-independent figures (flops, peak memory, ...)
+    layout = pipeline_layout(est, **pipeline_parallel) if pipeline_parallel is not None else None
     priced = priced_items(program, plan)
     items, order = _priced_items(program, base, plan, priced)
     graph = step_graph(program, plan, priced, base)
@@ -62,7 +65,7 @@ def price_variants(program, base, plan, knob_columns: Mapping[str, np.ndarray], 
         rows = slice(lo, min(lo + chunk, n))
         at = ArrayTarget(sections, rows)
         at.f32_matmul_mode = base.f32_matmul_mode      # text fields no knob changes: the base target's
-        part = _price_chunk(items, order, graph, at, rows.stop - rows.start, est, base.launch_mode)
+        part = _price_chunk(items, order, graph, at, rows.stop - rows.start, est, base.launch_mode, layout)
         for k, v in part.items():
             out.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -112,7 +115,7 @@ def _priced_items(program, base, plan, priced) -> tuple[list[_Item], list[int]]:
 
 
 def _price_chunk(items: list[_Item], order: list[int], graph, at: ArrayTarget, n: int, est,
-                 launch_mode: str) -> dict[str, np.ndarray]:
+                 launch_mode: str, layout: PipelineLayout | None = None) -> dict[str, np.ndarray]:
     """The estimate's totals for ``n`` variants: the same schedule as ``price`` runs, on arrays."""
     times = [it.time(at) for it in items]
 
@@ -152,4 +155,38 @@ def _price_chunk(items: list[_Item], order: list[int], graph, at: ArrayTarget, n
     for c_name in COST_COLUMNS:
         v = at.top(c_name)
         cols[c_name] = np.array(np.broadcast_to(np.asarray(v, dtype=object if v is None else float), (n,)))
-    return cols
+    if layout is None:
+        return cols
+    # the pipelined step from the same rows: each row's time as ``KernelRow.seconds`` computes it
+    row_seconds = [(body[i] + o[i]) * items[i].runs for i in order]
+    t = layout.timed(at, row_seconds, seconds, col(tl.hidden_comm_s))
+    return pipelined_columns(cols, t, layout, at, n)
+
+
+def pipelined_columns(cols: dict[str, Any], t, layout: PipelineLayout, target, n: int = 0) -> dict[str, Any]:
+    """The sweep columns of a pipelined step (``PipelineTimes`` ``t`` of ``layout`` on ``target``) from the
+    microbatch program's columns ``cols`` (``row_of``'s): its time figures renamed ``microbatch_*``, the step's
+    time, bubble, exposed transfers, once-per-step work, slowest stage and memory per device beside them.
+    ``n`` > 0: arrays of ``n`` variants; 0: one variant's floats."""
+    def col(x):
+        return np.array(np.broadcast_to(np.asarray(x, dtype=float), (n,))) if n else float(x)
+
+    out = {f"microbatch_{k}": cols[k] for k in ("seconds", "compute_seconds", "memory_seconds", "comm_seconds",
+                                                 "overhead_seconds", "bound")}
+    seconds = col(t.seconds)
+    bubble = col(t.schedule_time.bubble_seconds)
+    per = [f + b for f, b in zip(t.stage_forward_s, t.stage_backward_s)]
+    slowest = per[0]
+    for x in per[1:]:
+        slowest = np.maximum(slowest, x) if n else max(slowest, x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(seconds != 0, bubble / seconds, 0.0) if n else (bubble / seconds if seconds else 0.0)
+    capacity = target.main_memory.capacity_bytes
+    mem = layout.memory_per_device_bytes
+    fits = np.array(np.broadcast_to(mem <= np.asarray(capacity), (n,)), dtype=bool) if n else bool(mem <= capacity)
+    out.update(seconds=seconds, bubble_seconds=bubble, bubble_fraction=fraction,
+               p2p_exposed_seconds=col(t.schedule_time.p2p_exposed_seconds), step_extra_seconds=col(t.step_extra_s),
+               stage_seconds=col(slowest), memory_per_device_bytes=col(mem), fits_in_memory=fits)
+    for k in ("flops", "bytes_accessed", "kernels", "peak_memory_bytes", *COST_COLUMNS):
+        out[k] = cols[k]
+    return out

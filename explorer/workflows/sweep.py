@@ -6,9 +6,12 @@ Two ways to price the variants, chosen honestly:
   passes run once, each distinct kernel's work is priced once with the target's figures as numpy
   arrays (one entry per variant), and the totals are summed in the estimate's own order, so every
   row equals ``explorer.estimate`` on that variant bit for bit;
-- **vectorised by decision** when passes read swept knobs (the default then): the passes run once
-  per distinct value of the knobs they read, variants whose runs made the same plan (the same
-  decisions) are priced together as arrays; rows still equal ``explorer.estimate`` bit for bit;
+- **vectorised by decision** when passes read swept knobs (the default then): when every such pass
+  certifies its decisions (``run_certified``, ``passes.decisions``: ``shard`` does), the passes run on
+  one variant and their certificates are checked on all the others as arrays, again on the first
+  variant not covered, and so on; otherwise the passes run once per distinct value of the knobs they
+  read. Variants whose runs made the same plan (the same decisions) are priced together as arrays;
+  rows still equal ``explorer.estimate`` bit for bit;
 - **per variant** on request: the passes and the estimate run again on each variant, in worker
   processes (``backend="process"``) or on a Ray cluster (``backend="ray"``), results in variant
   order whatever the order they finish in.
@@ -17,6 +20,9 @@ Two ways to price the variants, chosen honestly:
                          {"memory.hbm.bandwidth_bytes_per_s": [2e12, 3.35e12, 5e12],
                           "compute.matrix_flops_per_s.bf16": [5e14, 9.894e14]})
     print(res.table()); res.best("seconds"); res.pareto(cost="tdp_w")
+
+With ``pipeline_parallel`` (``price_pipeline``'s options) every path prices the pipelined training step of each
+variant, on arrays where it is vectorised.
 """
 from __future__ import annotations
 
@@ -44,8 +50,10 @@ from tabulate import tabulate
 import hw_targets
 from passes import pipeline as pl
 
+from ..pricing.pipeline_parallel import pipeline_layout
 from ..pricing.price import check_known, estimate
-from ..pricing.vectorised import COST_COLUMNS, price_variants
+from ..model.variants import ArrayTarget, Sections
+from ..pricing.vectorised import COST_COLUMNS, pipelined_columns, price_variants
 from ..report import plots
 from ..report.units import fmt_seconds
 
@@ -203,14 +211,28 @@ class SweepResult:
         return self.take(np.argsort(np.asarray(self.column(column), dtype=float), kind="stable"))
 
     # -- rendering ----------------------------------------------------------------------------
+    @property
+    def pipelined(self) -> bool:
+        """Whether the rows are pipelined steps (``sweep(..., pipeline_parallel=...)``)."""
+        return "bubble_seconds" in self.columns
+
     def _cells(self, i: int) -> list[str]:
         c = self.columns
         out = [f"{c[k][i] + 0.0:.4g}" for k in self.knobs]
+        if self.pipelined:
+            out += [fmt_seconds(c[f][i]) for f in ("seconds", "bubble_seconds", "step_extra_seconds",
+                                                   "stage_seconds", "microbatch_seconds")]
+            out += [str(c["microbatch_bound"][i]), f"{c['memory_per_device_bytes'][i] / 1e9:.1f} GB",
+                    "yes" if c["fits_in_memory"][i] else "NO"]
+            return out
         out += [fmt_seconds(c[f][i]) for f in FIGURES]
         out += [str(c["bound"][i]), f"{c['mfu'][i]:.1%}", "yes" if c["fits_in_memory"][i] else "NO"]
         return out
 
     def _headers(self) -> list[str]:
+        if self.pipelined:
+            return [*self.knobs, "step", "bubble", "optimizer+grad sync", "stage/microbatch", "microbatch",
+                    "microbatch bound", "mem/device", "fits"]
         # compute / memory / comm: time of the kernels each resource bounds, not how long it was busy
         return [*self.knobs, "time", "compute-bound", "memory-bound", "comm-bound", "overhead", "bound", "MFU", "fits"]
 
@@ -259,7 +281,8 @@ def _py(v: Any) -> Any:
 # -- entry point ------------------------------------------------------------------------------
 def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[Mapping[str, float]],
           pipeline: str | Sequence[Any] | None = "default", *, backend: str = "auto", workers: int | None = None,
-          progress: bool | None = None, strict: bool = False) -> SweepResult:
+          progress: bool | None = None, strict: bool = False,
+          pipeline_parallel: Mapping[str, Any] | None = None) -> SweepResult:
     """Price ``program`` on every variant of ``base_target`` in ``grid``.
 
     **Arguments**
@@ -272,6 +295,15 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
       ``"process"`` or ``"ray"`` (per variant).
     - ``workers``: worker processes for the per-variant path (default: CPU count; 1 = in this process).
     - ``progress``: a progress line on stderr for the per-variant path (default: when stderr is a terminal).
+    - ``pipeline_parallel``: price each variant's pipelined step, ``price_pipeline(estimate, variant, **options)``
+      (``stages``, ``microbatches``, ``schedule``, ``virtual``, ``blocks``, ``stage_stride``, ``job_devices``,
+      ``microbatch_scale``, ``step_axes``), the program being one microbatch on one stage's devices. Then
+      ``seconds`` is the step, beside ``bubble_seconds``, ``bubble_fraction``, ``p2p_exposed_seconds``,
+      ``step_extra_seconds`` (optimizer and gradient reduction after the flush), ``stage_seconds`` (the slowest
+      stage's forward+backward per microbatch), ``memory_per_device_bytes`` and ``fits_in_memory`` (of the fullest
+      stage); the microbatch program's own figures are ``microbatch_seconds``, ``microbatch_compute_seconds``,
+      ... Every path prices it (as arrays on the vectorised ones), each row equal to ``price_pipeline`` on its
+      variant bit for bit.
 
     Worker processes are spawned (not forked: the parent runs JAX's threads), so a script that sweeps
     per variant calls ``sweep`` under ``if __name__ == "__main__":``, as any multiprocessing code does.
@@ -280,6 +312,7 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     """
     if backend not in BACKENDS:
         raise SweepError(f"sweep: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    pipeline_parallel = _check_pipeline_parallel(pipeline_parallel)
     base_target = hw_targets.as_target(base_target)      # a preset name or a TOML path
     if strict:
         check_known(program)
@@ -301,15 +334,23 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     knob_cols = {k: np.array([v.get(k, base_values[k]) for v in variants]) for k in knobs}
     if backend == "vector":
         plan = pl.run(passes, program, base_target)
-        cols = price_variants(program, base_target, plan, knob_cols, len(variants))
+        cols = price_variants(program, base_target, plan, knob_cols, len(variants),
+                              pipeline_parallel=pipeline_parallel)
         method = "vectorised"
     elif backend == "grouped":
-        read = sorted({k for ks in reads.values() for k in ks})
-        cols, runs, plans = _grouped(program, base_target, passes, variants, read, knob_cols, base_values)
-        method = f"vectorised by decision ({runs} pass runs, {plans} distinct plans)"
+        certify = [p for p in passes if knobs_read([p], knobs)]
+        if all(callable(getattr(p, "run_certified", None)) for p in certify):
+            cols, runs, plans = _certified(program, base_target, passes, certify, variants, knob_cols,
+                                           pipeline_parallel)
+            method = f"vectorised by decision ({runs} pass runs, {plans} distinct plans, certified)"
+        else:
+            read = sorted({k for ks in reads.values() for k in ks})
+            cols, runs, plans = _grouped(program, base_target, passes, variants, read, knob_cols, base_values,
+                                         pipeline_parallel)
+            method = f"vectorised by decision ({runs} pass runs, {plans} distinct plans)"
     else:
         targets = [base_target.replace(**v) for v in variants]
-        rows = _per_variant(program, targets, passes, backend, workers, progress)
+        rows = _per_variant(program, targets, passes, backend, workers, progress, pipeline_parallel)
         cols = {name: _column([r[name] for r in rows]) for name in rows[0]} if rows else {}
         method = f"per-variant ({'serial' if backend == 'process' and _n_workers(workers, len(targets)) == 1 else backend})"
     name = program.graph.name
@@ -323,7 +364,8 @@ def _decisions(plan) -> Any:
 
 
 def _grouped(program, base_target, passes: list[Any], variants: list[dict[str, float]], read: list[str],
-             knob_cols: dict[str, np.ndarray], base_values: Mapping[str, float]) -> tuple[dict[str, np.ndarray], int, int]:
+             knob_cols: dict[str, np.ndarray], base_values: Mapping[str, float],
+             pipeline_parallel: Mapping[str, Any] | None = None) -> tuple[dict[str, np.ndarray], int, int]:
     """The passes run once per distinct value of the knobs they read (their decisions depend on nothing else, as
     ``reads_knobs`` promises); variants whose runs made the same plan are priced together as arrays. Every row is
     still ``explorer.estimate`` on its variant, bit for bit."""
@@ -340,20 +382,62 @@ def _grouped(program, base_target, passes: list[Any], variants: list[dict[str, f
                 break
         else:
             groups.append((plan, decided, list(rows)))
+    return _price_groups(program, base_target, groups, knob_cols, len(variants), pipeline_parallel), len(by_read), \
+        len(groups)
+
+
+def _price_groups(program, base_target, groups: list[tuple[Any, Any, list[int]]], knob_cols: dict[str, np.ndarray],
+                  n: int, pipeline_parallel: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+    """Each group's variants priced as arrays under its plan, the columns put back in variant order."""
     parts = []
     for plan, _, rows in groups:
         idx = np.array(sorted(rows))
         parts.append((idx, price_variants(program, base_target, plan, {k: c[idx] for k, c in knob_cols.items()},
-                                          len(idx))))
+                                          len(idx), pipeline_parallel=pipeline_parallel)))
     out: dict[str, np.ndarray] = {}
     for name in parts[0][1]:
         pieces = [part[name] for _, part in parts]
         dtype = pieces[0].dtype if all(p.dtype == pieces[0].dtype for p in pieces) else np.result_type(*pieces)
-        col = np.empty(len(variants), dtype=dtype)      # a string column as wide as its widest group's
+        col = np.empty(n, dtype=dtype)      # a string column as wide as its widest group's
         for (idx, _), piece in zip(parts, pieces):
             col[idx] = piece
         out[name] = col
-    return out, len(by_read), len(groups)
+    return out
+
+
+def _certified(program, base_target, passes: list[Any], certify: list[Any], variants: list[dict[str, float]],
+               knob_cols: dict[str, np.ndarray], pipeline_parallel: Mapping[str, Any] | None = None,
+               chunk: int = 2048) -> tuple[dict[str, np.ndarray], int, int]:
+    """Passes whose decisions read swept knobs all certify them (``run_certified``, ``passes.decisions``): run the
+    pipeline on the first variant not yet covered, check its certificates on every uncovered variant at once (as
+    arrays), and take those where they hold into its group; repeat until every variant is covered. Usually one run
+    covers a whole hardware sweep; where a decision does change, the variants on each side get their own run.
+    Every row still equals ``explorer.estimate`` on its variant bit for bit."""
+    remaining = np.arange(len(variants))
+    groups: list[tuple[Any, Any, list[int]]] = []
+    runs = 0
+    while remaining.size:
+        first = int(remaining[0])
+        plan, certificates = pl.run_certified(passes, program, base_target.replace(**variants[first]), certify)
+        runs += 1
+        sub = {k: c[remaining] for k, c in knob_cols.items()}
+        holds = np.ones(remaining.size, dtype=bool)
+        sections = Sections(base_target, sub, remaining.size)
+        for lo in range(0, remaining.size, chunk):
+            rows = slice(lo, min(lo + chunk, remaining.size))
+            at = ArrayTarget(sections, rows)
+            for cert in certificates:
+                holds[rows] &= cert.holds(at, rows.stop - rows.start)
+        holds[0] = True            # where it ran the plan is its own (a broken certificate holds there alone)
+        members, remaining = remaining[holds], remaining[~holds]
+        decided = _decisions(plan)
+        for _, known, indices in groups:
+            if known == decided:
+                indices.extend(members.tolist())
+                break
+        else:
+            groups.append((plan, decided, members.tolist()))
+    return _price_groups(program, base_target, groups, knob_cols, len(variants), pipeline_parallel), runs, len(groups)
 
 
 def _column(values: list[Any]) -> np.ndarray:
@@ -372,6 +456,34 @@ def row_of(est, target) -> dict[str, Any]:
     for c in COST_COLUMNS:
         row[c] = getattr(target, c)
     return row
+
+
+def pipelined_row(est, target, pipeline_parallel: Mapping[str, Any]) -> dict[str, Any]:
+    """The sweep columns of one variant's pipelined step: ``price_pipeline(est, target, **pipeline_parallel)``'s
+    figures beside the microbatch estimate's (``explorer.pricing.vectorised.pipelined_columns``)."""
+    layout = pipeline_layout(est, **pipeline_parallel)
+    t = layout.timed(target, [k.seconds for k in est.kernels], est.seconds, est.hidden_comm_seconds)
+    return pipelined_columns(row_of(est, target), t, layout, target)
+
+
+_PIPELINE_OPTIONS = ("stages", "microbatches", "schedule", "virtual", "blocks", "stage_stride", "job_devices",
+                     "microbatch_scale", "step_axes")
+
+
+def _check_pipeline_parallel(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise SweepError(f"sweep: pipeline_parallel must be a dict of price_pipeline's options, got {options!r}")
+    for k in options:
+        if k not in _PIPELINE_OPTIONS:
+            close = difflib.get_close_matches(str(k), _PIPELINE_OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SweepError(f"sweep: unknown pipeline_parallel option {k!r}{hint}; known: {', '.join(_PIPELINE_OPTIONS)}")
+    for k in ("stages", "microbatches"):
+        if k not in options:
+            raise SweepError(f"sweep: pipeline_parallel needs {k!r}")
+    return dict(options)
 
 
 # -- per-variant pricing ----------------------------------------------------------------------
@@ -397,10 +509,13 @@ def _init_worker(blob: bytes) -> None:
     _WORKER_PROGRAM = pickle.loads(blob)
 
 
-def _estimate_row(task: tuple[Any, list[Any]]) -> dict[str, Any]:
-    target, passes = task
-    est = estimate(_WORKER_PROGRAM, target, pipeline=passes)
-    return row_of(est, target)
+def _estimate_row(task: tuple[Any, list[Any], Mapping[str, Any] | None]) -> dict[str, Any]:
+    return _variant_row(_WORKER_PROGRAM, *task)
+
+
+def _variant_row(program, target, passes: list[Any], pipeline_parallel: Mapping[str, Any] | None) -> dict[str, Any]:
+    est = estimate(program, target, pipeline=passes)
+    return row_of(est, target) if pipeline_parallel is None else pipelined_row(est, target, pipeline_parallel)
 
 
 def _n_workers(workers: int | None, n: int) -> int:
@@ -425,16 +540,16 @@ class _Progress:
 
 
 def _per_variant(program, targets: list[Any], passes: list[Any], backend: str, workers: int | None,
-                 progress: bool | None) -> list[dict[str, Any]]:
-    tasks = [(t, list(passes)) for t in targets]
+                 progress: bool | None, pipeline_parallel: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    tasks = [(t, list(passes), pipeline_parallel) for t in targets]
     bar = _Progress(len(tasks), progress)
     if backend == "ray":
         return _ray_map(program, tasks, bar)
     n = _n_workers(workers, len(tasks))
     if n == 1:
         rows = []
-        for target, ps in tasks:
-            rows.append(row_of(estimate(program, target, pipeline=ps), target))
+        for task in tasks:
+            rows.append(_variant_row(program, *task))
             bar.step()
         return rows
     # spawn, not fork: the parent runs JAX's threads, and a forked copy of them can deadlock
@@ -456,11 +571,10 @@ def _ray_row(token: str, blob: bytes, task) -> dict[str, Any]:
     if token not in _RAY_PROGRAMS:
         _RAY_PROGRAMS.clear()
         _RAY_PROGRAMS[token] = pickle.loads(blob)
-    target, passes = task
-    return row_of(estimate(_RAY_PROGRAMS[token], target, pipeline=passes), target)
+    return _variant_row(_RAY_PROGRAMS[token], *task)
 
 
-def _ray_map(program, tasks: list[tuple[Any, list[Any]]], bar: _Progress) -> list[dict[str, Any]]:
+def _ray_map(program, tasks: list[tuple[Any, list[Any], Any]], bar: _Progress) -> list[dict[str, Any]]:
     """The per-variant path on a Ray cluster (``ray.init()`` on this machine unless one is running)."""
     try:
         import ray

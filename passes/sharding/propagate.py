@@ -33,13 +33,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from jax.extend.mlir import ir
 from jax.extend.mlir.dialects import stablehlo as shlo
 
 from explorer.graph import names
 from explorer.costs import Work, find_rule
 from explorer.graph.ir import Graph, Op, TensorType, dtype_bytes
-from explorer.model.collectives import collective_time
+from explorer.model.collectives import collective_seconds_of, collective_time
+
+from ..decisions import Trace
 
 from .reshard import Step, reshard
 from .rules import Choice, Ctx, choices, replicate
@@ -117,9 +120,12 @@ class CostModel:
     Without one: 100 GB/s links, 5 us per collective, 100 Tflop/s, 1 TB/s (only the ranking matters).
     """
 
-    def __init__(self, target: Any = None, job_devices: int = 0):
+    def __init__(self, target: Any = None, job_devices: int = 0, trace: Trace | None = None):
         self.target = target
         self.job_devices = job_devices
+        # traced (``passes.decisions``): every figure read from the target is a leaf of the trace, so the
+        # comparisons the partitioner makes between layouts can be checked on other targets without re-running it
+        self.trace = trace if target is not None else None
         if target is not None:
             self.flops_per_s = target.matrix_rate("bf16") * target.efficiency.matrix
             main = target.main_memory
@@ -138,8 +144,9 @@ class CostModel:
                 factor = 2.0 if kind == "all_reduce" else 1.0
                 t = 5e-6 + factor * payload * (n - 1) / n / 1e11
             else:
-
                 t = collective_time(self.target, kind, payload, n, stride, self.job_devices).seconds
+                if self.trace is not None:
+                    t = self.trace.leaf(("comm", kind, payload, n, stride, self.job_devices), t)
             self._cache[key] = t
         return t
 
@@ -149,7 +156,33 @@ class CostModel:
     def work(self, w: Work | None, fraction: float) -> float:
         if w is None:
             return 0.0
-        return max(w.matrix_flops * fraction / self.flops_per_s, w.bytes_accessed * fraction / self.bytes_per_s)
+        flops, nbytes = w.matrix_flops * fraction, w.bytes_accessed * fraction
+        t = max(flops / self.flops_per_s, nbytes / self.bytes_per_s)
+        if self.trace is not None:
+            return self.trace.leaf(("work", flops, nbytes), t)
+        return t
+
+    def certificate(self):
+        """The trace's comparisons (``passes.decisions.Certificate``), None when the costs were not traced."""
+        return self.trace.certificate() if self.trace is not None else None
+
+
+def leaf_seconds(target: Any, spec: tuple) -> Any:
+    """A traced cost's leaf recomputed on ``target`` (a sweep's ``ArrayTarget`` too): exactly as ``CostModel`` computes
+    it, so a variant with the base's figures gets the base's value bit for bit."""
+    if spec[0] == "comm":
+        _, kind, payload, n, stride, job = spec
+        return collective_seconds_of(target, kind, payload, n, stride, job)
+    _, flops, nbytes = spec
+    flops_per_s = target.matrix_rate("bf16") * target.efficiency.matrix
+    bytes_per_s = target.main_memory.bandwidth_bytes_per_s * target.efficiency.memory
+    a, b = flops / flops_per_s, nbytes / bytes_per_s
+    return np.maximum(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else max(a, b)
+
+
+def traced_cost_model(target: Any, job_devices: int = 0) -> CostModel:
+    """A ``CostModel`` whose figures are traced (see ``passes.decisions``)."""
+    return CostModel(target, job_devices, Trace(leaf_seconds))
 
 
 _HINT_THROUGH = frozenset({
@@ -170,7 +203,7 @@ PINNED_PENALTY_S = 1e3     # a layout that undoes a pinned (tensor/expert-parall
 def propagate(program, mesh: Mesh, input_specs: Mapping[int, Spec], output_specs: Mapping[int, Spec] | None = None,
               pinned: Mapping[int, frozenset[str]] | None = None, constraints: Mapping[int, Spec] | None = None,
               target: Any = None, scatter_partials: Sequence[str] = (),
-              forced: Mapping[int, Choice] | None = None) -> ShardingResult:
+              forced: Mapping[int, Choice] | None = None, cost: CostModel | None = None) -> ShardingResult:
     """Run the partitioner.
 
     **Arguments**
@@ -182,9 +215,11 @@ def propagate(program, mesh: Mesh, input_specs: Mapping[int, Spec], output_specs
     - ``scatter_partials``: axes whose partial sums, meeting an elementwise op on an activation, may be
       reduce-scattered over the sequence (dim 1) instead of all-reduced (Megatron sequence parallelism).
     - ``forced``: op id -> the layout choice to take (an ILP's decisions), instead of the rules' candidates.
+    - ``cost``: the cost model ranking layouts (default ``CostModel(target, mesh.devices)``; a traced one makes a
+      certificate of the decisions, ``passes.decisions``).
     """
     p = _Partitioner(program, mesh, input_specs, output_specs or {}, pinned or {}, constraints or {},
-                     CostModel(target, mesh.devices), tuple(scatter_partials))
+                     cost if cost is not None else CostModel(target, mesh.devices), tuple(scatter_partials))
     p.forced = dict(forced or {})
     return p.run()
 
@@ -405,6 +440,9 @@ class _Partitioner:
             except Exception as exc:   # a rule that cannot read this op falls back to replication, said aloud
                 self.notes.append(f"op {op.id} ({op.name}): sharding rule failed ({exc}); replicated")
                 cands = replicate(ctx)
+        if len(cands) == 1:            # nothing to rank (pricing it would only fill caches)
+            self._apply(op, cands[0], phase)
+            return
         best, best_cost = None, math.inf
         best_key = (True, math.inf)
         for c in cands:

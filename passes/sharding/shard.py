@@ -9,12 +9,12 @@ from explorer.costs import Work
 from ..pipeline import register
 from ..plan import ExtraKernel, Plan
 from .buckets import XLA_COMBINE_THRESHOLD_BYTES, combine
-from .propagate import Inserted, ShardingResult, propagate
+from .propagate import CostModel, Inserted, ShardingResult, propagate, traced_cost_model
 from .read import read
-
-SHARDING_READS = frozenset({"compute.", "efficiency.", "memory.", "scale_up.", "scale_out."})
 from .spec import Mesh
 from .strategies import DATA_ROOTS, Strategy, check, layouts, parse_axes, parse_mesh_text, parse_pins
+
+SHARDING_READS = frozenset({"compute.", "efficiency.", "memory.", "scale_up.", "scale_out."})
 
 @register
 @dataclass(frozen=True)
@@ -86,17 +86,28 @@ class Shard:
 
     def analyse(self, program, target: Any = None) -> ShardingResult:
         """The partitioner's decisions (layouts, collectives, per-device work) without building a plan."""
+        return self._analyse(program, target, traced=False)[0]
+
+    def _analyse(self, program, target: Any, traced: bool) -> tuple[ShardingResult, Any]:
+        """(the decisions, the cost model that ranked them: traced ones certify them, ``passes.decisions``)."""
+        def cost_model(mesh):
+            return traced_cost_model(target, mesh.devices) if traced else CostModel(target, mesh.devices)
+
         if self.mesh:
             mesh = parse_mesh_text(self.mesh)
             lay = layouts(program.graph, mesh, self.strategy())
+            cost = cost_model(mesh)
             res = propagate(program, mesh, lay.inputs, lay.outputs, lay.pinned, target=target,
-                            scatter_partials=parse_axes(self.tp) if self.sp else ())
-            return _with_notes(res, lay.notes)
+                            scatter_partials=parse_axes(self.tp) if self.sp else (), cost=cost)
+            return _with_notes(res, lay.notes), cost
         found = read(program.graph)
         if found.form == "none":
-            res = propagate(program, Mesh(()), {}, {}, {}, target=target)
-            return _with_notes(res, ("no shardings in the program and no mesh given: one device",))
-        return propagate(program, found.mesh, found.inputs, found.outputs, {}, found.constraints, target=target)
+            cost = cost_model(Mesh(()))
+            res = propagate(program, Mesh(()), {}, {}, {}, target=target, cost=cost)
+            return _with_notes(res, ("no shardings in the program and no mesh given: one device",)), cost
+        cost = cost_model(found.mesh)
+        return propagate(program, found.mesh, found.inputs, found.outputs, {}, found.constraints, target=target,
+                         cost=cost), cost
 
     def reads_knobs(self) -> frozenset[str]:
         """The target knobs the decisions read (see ``explorer.sweep``): candidate layouts are ranked by their
@@ -104,7 +115,15 @@ class Shard:
         return SHARDING_READS
 
     def run(self, program, plan: Plan, target) -> Plan:
-        res = self.analyse(program, target)
+        return self._planned(program, plan, target, self.analyse(program, target))
+
+    def run_certified(self, program, plan: Plan, target) -> tuple[Plan, Any]:
+        """``run``, and the certificate of its decisions (``passes.decisions.Certificate``): on which other targets
+        the partitioner would decide exactly as it did on this one (a sweep checks it instead of re-running)."""
+        res, cost = self._analyse(program, target, traced=True)
+        return self._planned(program, plan, target, res), cost.certificate()
+
+    def _planned(self, program, plan: Plan, target, res: ShardingResult) -> Plan:
         source = (f"{self.strategy().describe()} on the given mesh" if self.mesh
                   else "sharded as the program's shardings say")
         kernels = collective_kernels(res, self.bucket_bytes, program.weights, target)
