@@ -6,6 +6,7 @@ never a mutation; every variant is validated like a loaded preset.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ class Target:
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        validate_target(self, self.source or self.name)
+        if not _PARTIAL.get():        # ``replace`` validates its result once, not each knob's step towards it
+            validate_target(self, self.source or self.name)
 
     # -- lookups --------------------------------------------------------------------
     @property
@@ -230,6 +232,20 @@ class Target:
             raise TargetError(f"{self.name}: replace(name=...) must be a non-empty string, got {name!r}")
         t = self
         known = self.knobs()
+        token = _PARTIAL.set(True)
+        try:
+            t = self._with_knobs(changes, known)
+        finally:
+            _PARTIAL.reset(token)
+        after = t.knobs()
+        moved = {k: after[k] for k in changes if after[k] != known[k]}
+        if name is None:
+            name = variant_name(self.name, moved) if moved else self.name
+        return dataclasses.replace(t, name=name, source=self.source)       # validated here, as a whole
+
+    def _with_knobs(self, changes: Mapping[str, Any], known: Mapping[str, float]) -> "Target":
+        """The knobs set one by one (each checked against its own range and read back), not yet validated."""
+        t = self
         for knob, value in changes.items():
             if knob not in known:
                 close = difflib.get_close_matches(knob, known, n=1)
@@ -244,17 +260,16 @@ class Target:
             got = t.knobs().get(knob)
             if got != want:      # never a silent no-op
                 raise TargetError(f"{self.name}: knob {knob!r} = {value!r} did not apply (the target has {got!r})")
-        after = t.knobs()
-        moved = {k: after[k] for k in changes if after[k] != known[k]}
-        if name is None:
-            name = variant_name(self.name, moved) if moved else self.name
-        return dataclasses.replace(t, name=name, source=self.source)
+        return t
 
     def _network_bandwidth_off(self, knob: str, value: float) -> bool:
         """A bandwidth of 0 on a network of topology 'none' (no network), which the validation allows."""
         head, _, field_name = knob.partition(".")
         return (head in ("scale_up", "scale_out") and field_name.endswith("bandwidth_bytes_per_s") and value == 0
                 and getattr(self, head).topology == "none")
+
+
+_PARTIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("target_partial", default=False)
 
 
 def variant_name(name: str, knobs: Mapping[str, float]) -> str:

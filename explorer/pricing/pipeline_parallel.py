@@ -325,7 +325,6 @@ def pipeline_layout(estimate, stages: int, microbatches: int, schedule: str = "1
     v = virtual if schedule == "interleaved" else 1
     notes: list[str] = []
     rows = estimate.kernels
-    program, plan = estimate._program, estimate._plan
     present = sorted({b for b in (block_of(k.layer) for k in rows) if b is not None})
     n_prog = len(present)
     n_real = blocks or n_prog
@@ -334,7 +333,31 @@ def pipeline_layout(estimate, stages: int, microbatches: int, schedule: str = "1
     chunks = stages * v
     if n_real % chunks:
         notes.append(f"{n_real} blocks over {chunks} chunks: stages are uneven")
-    axes = tuple(step_axes)
+    parts = _row_parts(estimate, tuple(step_axes), n_prog)
+    if n_real != n_prog and n_prog:
+        notes.append(f"per-block time measured on {n_prog} blocks, scaled to {n_real}")
+    recompute_note_at = len(notes)
+    per_stage_blocks = [len(_blocks_of_stage(s, stages, v, n_real)) for s in range(stages)]
+    p2p_bytes = _boundary_bytes_of(estimate) * microbatch_scale
+    memory, stage_mem, mem_notes = _memory(estimate, stages, microbatches, schedule, v, n_prog, n_real,
+                                           per_stage_blocks, microbatch_scale)
+    notes.extend(mem_notes)
+    return PipelineLayout(stages=stages, microbatches=microbatches, schedule=schedule, virtual=v,
+                          row_parts=parts, n_prog=n_prog, n_real=n_real, stage_blocks=tuple(per_stage_blocks),
+                          microbatch_scale=microbatch_scale, p2p_bytes=p2p_bytes, stage_stride=stage_stride,
+                          job_devices=job_devices, memory_per_device_bytes=memory, memory=stage_mem,
+                          notes=tuple(notes), recompute_note_at=recompute_note_at)
+
+
+def _row_parts(estimate, axes: tuple[str, ...], n_prog: int) -> tuple[tuple[str, str, bool, bool], ...]:
+    """Per row of ``estimate``: (part of the schedule, phase or side, scaled by the microbatch, recomputed). The same
+    for every schedule and microbatch count: kept on the estimate (a search prices many of them on one)."""
+    memo = estimate.__dict__.setdefault("_pipeline_row_parts", {})
+    hit = memo.get((axes, n_prog))
+    if hit is not None:
+        return hit
+    rows = estimate.kernels
+    program = estimate._program
     fsdp = any(_collective(k)[0] == "all_gather" and set(_collective(k)[1]) <= set(axes) and _collective(k)[1]
                and k.phase in ("forward", "backward") for k in rows)
     owner = _update_owner(program) if program is not None else {}
@@ -349,19 +372,16 @@ def pipeline_layout(estimate, stages: int, microbatches: int, schedule: str = "1
         b = block_of(k.layer)
         part = "block" if b is not None and n_prog else ("first" if _before_blocks(k) else "last")
         parts.append((part, phase, kind != "weights", recomputed))
-    if n_real != n_prog and n_prog:
-        notes.append(f"per-block time measured on {n_prog} blocks, scaled to {n_real}")
-    recompute_note_at = len(notes)
-    per_stage_blocks = [len(_blocks_of_stage(s, stages, v, n_real)) for s in range(stages)]
-    p2p_bytes = _boundary_bytes(estimate) * microbatch_scale
-    memory, stage_mem, mem_notes = _memory(estimate, stages, microbatches, schedule, v, n_prog, n_real,
-                                           per_stage_blocks, microbatch_scale)
-    notes.extend(mem_notes)
-    return PipelineLayout(stages=stages, microbatches=microbatches, schedule=schedule, virtual=v,
-                          row_parts=tuple(parts), n_prog=n_prog, n_real=n_real, stage_blocks=tuple(per_stage_blocks),
-                          microbatch_scale=microbatch_scale, p2p_bytes=p2p_bytes, stage_stride=stage_stride,
-                          job_devices=job_devices, memory_per_device_bytes=memory, memory=stage_mem,
-                          notes=tuple(notes), recompute_note_at=recompute_note_at)
+    memo[(axes, n_prog)] = out = tuple(parts)
+    return out
+
+
+def _boundary_bytes_of(estimate) -> float:
+    """``_boundary_bytes``, kept on the estimate."""
+    hit = estimate.__dict__.get("_pipeline_boundary_bytes")
+    if hit is None:
+        hit = estimate.__dict__["_pipeline_boundary_bytes"] = _boundary_bytes(estimate)
+    return hit
 
 
 def _collective(k) -> tuple[str, tuple[str, ...]]:
