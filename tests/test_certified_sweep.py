@@ -171,3 +171,15 @@ def test_pipeline_options_are_checked_by_name(step, h100):
     with pytest.raises(sw.SweepError, match="needs 'microbatches'"):
         explorer.sweep(step, h100, {"memory.hbm.bandwidth_bytes_per_s": [2e12]}, None,
                        pipeline_parallel=dict(stages=2))
+
+
+def test_sensitivity_of_a_sharded_step_certifies_the_partitioner_once(step, h100):
+    """The knobs the sharding pass reads are priced with its certified decisions (in this process), each figure
+    equal to the per-variant estimates' finite difference."""
+    knobs = ["memory.hbm.bandwidth_bytes_per_s", "scale_up.chip_bandwidth_bytes_per_s"]
+    s = explorer.sensitivity(step, h100, pipeline=TP, knobs=knobs)
+    for knob in knobs:
+        v = h100.knobs()[knob]
+        lo = explorer.estimate(step, h100.replace(**{knob: v * 0.99}), TP).seconds
+        hi = explorer.estimate(step, h100.replace(**{knob: v * 1.01}), TP).seconds
+        assert s.elasticity(knob) == pytest.approx(np.log(hi / lo) / np.log(1.01 / 0.99), rel=1e-12), knob

@@ -15,8 +15,9 @@ Knobs at 0 have no relative step and are skipped with a note; informational fiel
 no formula reads it) are skipped too; the cost columns (TDP, price, die area) are not performance
 knobs and are left out.
 
-All the variants go through ``explorer.sweep``: knobs no pass reads are priced vectorised, the
-others per variant.
+All the variants go through ``explorer.sweep``: knobs no pass reads are priced vectorised; the others
+with certified decisions where every pass that reads them certifies its own (``shard``: the passes run once
+and again only where a decision changes, rows priced as arrays), else per variant.
 """
 from __future__ import annotations
 
@@ -305,8 +306,10 @@ def _price(program, target, passes: list[Any], variants: list[dict[str, float]],
     a pass reads."""
     all_knobs = {k for v in variants for k in v}
     dependent = {k for ks in knobs_read(passes, all_knobs).values() for k in ks}
+    readers = [p for p in passes if knobs_read([p], dependent)]
+    certified = all(callable(getattr(p, "run_certified", None)) for p in readers)
     groups = {"vector": [i for i, v in enumerate(variants) if not set(v) & dependent],
-              "process": [i for i, v in enumerate(variants) if set(v) & dependent]}
+              "grouped" if certified else "process": [i for i, v in enumerate(variants) if set(v) & dependent]}
     seconds: list[float] = [0.0] * len(variants)
     for backend, idx in groups.items():
         if idx:
