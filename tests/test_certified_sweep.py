@@ -171,6 +171,14 @@ def test_pipeline_options_are_checked_by_name(step, h100):
     with pytest.raises(sw.SweepError, match="needs 'microbatches'"):
         explorer.sweep(step, h100, {"memory.hbm.bandwidth_bytes_per_s": [2e12]}, None,
                        pipeline_parallel=dict(stages=2))
+    bad = [(dict(stages=0, microbatches=4), "stages must be an int >= 1, got 0"),
+           (dict(stages=2, microbatches=4, schedule="zb"), "schedule must be one of .*got 'zb'"),
+           (dict(stages=2, microbatches=3, schedule="interleaved", virtual=2), "divisible by stages"),
+           (dict(stages=2, microbatches=4, virtual=2), "virtual=2 needs schedule 'interleaved'"),
+           (dict(stages=2, microbatches=4, microbatch_scale=0.0), "microbatch_scale must be a positive number")]
+    for options, message in bad:
+        with pytest.raises(sw.SweepError, match=message):
+            explorer.sweep(step, h100, {"memory.hbm.bandwidth_bytes_per_s": [2e12]}, None, pipeline_parallel=options)
 
 
 def test_sensitivity_of_a_sharded_step_certifies_the_partitioner_once(step, h100):

@@ -50,7 +50,7 @@ from tabulate import tabulate
 import hw_targets
 from passes import pipeline as pl
 
-from ..pricing.pipeline_parallel import pipeline_layout
+from ..pricing.pipeline_parallel import SCHEDULES, pipeline_layout
 from ..pricing.price import check_known, estimate
 from ..model.variants import ArrayTarget, Sections
 from ..pricing.vectorised import COST_COLUMNS, pipelined_columns, price_variants
@@ -483,6 +483,22 @@ def _check_pipeline_parallel(options: Mapping[str, Any] | None) -> dict[str, Any
     for k in ("stages", "microbatches"):
         if k not in options:
             raise SweepError(f"sweep: pipeline_parallel needs {k!r}")
+    for k in ("stages", "microbatches", "virtual", "stage_stride", "job_devices", "blocks"):
+        v = options.get(k)
+        low = 0 if k in ("job_devices", "blocks") else 1
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+            raise SweepError(f"sweep: pipeline_parallel {k} must be an int >= {low}, got {v!r}")
+    schedule = options.get("schedule", "1f1b")
+    if schedule not in SCHEDULES:
+        raise SweepError(f"sweep: pipeline_parallel schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule == "interleaved" and options["microbatches"] % options["stages"]:
+        raise SweepError(f"sweep: interleaved 1F1B needs microbatches ({options['microbatches']}) divisible by "
+                         f"stages ({options['stages']})")
+    if schedule != "interleaved" and options.get("virtual", 1) != 1:
+        raise SweepError(f"sweep: pipeline_parallel virtual={options['virtual']} needs schedule 'interleaved'")
+    scale = options.get("microbatch_scale", 1.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < float("inf"):
+        raise SweepError(f"sweep: pipeline_parallel microbatch_scale must be a positive number, got {scale!r}")
     return dict(options)
 
 
