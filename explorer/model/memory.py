@@ -38,16 +38,18 @@ def recompute_reads(program: Any, kernels: Sequence[Any]) -> dict[int, int]:
 def _recomputing_kernels(program: Any, kernels: Sequence[Any]) -> dict[int, list[int]]:
     """value id -> where each kernel that recomputes a producer from it runs (the kernel's last op)."""
     graph = program.graph
+    made_by = graph.producers
     out: dict[int, list[int]] = {}
     for k in kernels:
         rec = getattr(k, "recomputed", ())
         if not rec or not k.ops:
             continue
-        inside = {r for o in (*k.ops, *rec) for r in graph.ops[o].results}
+        inside = set(k.ops)
+        inside.update(rec)
         at = max(k.ops)
         for o in rec:
             for v in graph.ops[o].operands:
-                if v not in inside:
+                if made_by.get(v) not in inside:      # made outside the kernel (or a program input)
                     out.setdefault(v, []).append(at)
     return out
 

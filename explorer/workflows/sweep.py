@@ -52,6 +52,7 @@ from passes import pipeline as pl
 
 from ..pricing.pipeline_parallel import SCHEDULES, pipeline_layout
 from ..pricing.price import check_known, estimate
+from ..graph.gcpause import paused_gc
 from ..model.variants import ArrayTarget, Sections
 from ..pricing.vectorised import COST_COLUMNS, pipelined_columns, price_variants
 from ..report import plots
@@ -332,6 +333,19 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
         backend = "grouped" if reads else "vector"
     base_values = base_target.knobs()
     knob_cols = {k: np.array([v.get(k, base_values[k]) for v in variants]) for k in knobs}
+    with paused_gc():      # passes and pricing of the whole program: no collector walks between their allocations
+        cols, method = _priced(program, base_target, passes, variants, knob_cols, base_values, reads, knobs,
+                               backend, workers, progress, pipeline_parallel)
+    name = program.graph.name
+    return SweepResult(program=name, target=base_target.name, pipeline=text, knobs=knobs,
+                       columns={**knob_cols, **cols}, method=method, reason=reason)
+
+
+def _priced(program, base_target, passes: list[Any], variants: list[dict[str, float]], knob_cols: dict[str, np.ndarray],
+            base_values: Mapping[str, float], reads: dict[str, list[str]], knobs: tuple[str, ...], backend: str,
+            workers: int | None, progress: bool | None,
+            pipeline_parallel: Mapping[str, Any] | None) -> tuple[dict[str, np.ndarray], str]:
+    """The sweep's columns and how they were priced, by ``backend``."""
     if backend == "vector":
         plan = pl.run(passes, program, base_target)
         cols = price_variants(program, base_target, plan, knob_cols, len(variants),
@@ -353,9 +367,7 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
         rows = _per_variant(program, targets, passes, backend, workers, progress, pipeline_parallel)
         cols = {name: _column([r[name] for r in rows]) for name in rows[0]} if rows else {}
         method = f"per-variant ({'serial' if backend == 'process' and _n_workers(workers, len(targets)) == 1 else backend})"
-    name = program.graph.name
-    return SweepResult(program=name, target=base_target.name, pipeline=text, knobs=knobs,
-                       columns={**knob_cols, **cols}, method=method, reason=reason)
+    return cols, method
 
 
 def _decisions(plan) -> Any:
