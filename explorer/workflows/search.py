@@ -32,6 +32,7 @@ from passes import pipeline as pl
 from passes.sharding import IlpShard, Shard
 
 from ..graph import names
+from ..graph.gcpause import paused_gc
 from ..pricing.pipeline_parallel import block_of, price_pipeline
 from ..pricing.price import price
 from ..report.units import fmt_bytes, fmt_seconds
@@ -127,6 +128,13 @@ def search_sharding(program, target: Any, chips: int, *, stages: Sequence[int] =
     target = hw_targets.as_target(target)      # a preset name or a TOML path
     if not isinstance(chips, int) or chips < 1:
         raise ValueError(f"chips must be a positive int, got {chips!r}")
+    with paused_gc():      # one partitioning and pricing of the whole program after another
+        return _search(program, target, chips, stages, microbatches, schedules, fsdp, sequence_parallel, ilp, fuse,
+                       blocks, max_tp, top)
+
+
+def _search(program, target, chips: int, stages, microbatches, schedules, fsdp: bool, sequence_parallel: bool,
+            ilp: bool, fuse: str, blocks: int | None, max_tp: int | None, top: int | None) -> SearchResult:
     notes: list[str] = []
     n_blocks = len({b for b in (block_of(_layer(op)) for op in program.graph.ops) if b is not None})
     capacity = target.main_memory.capacity_bytes
