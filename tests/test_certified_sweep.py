@@ -191,3 +191,23 @@ def test_sensitivity_of_a_sharded_step_certifies_the_partitioner_once(step, h100
         lo = explorer.estimate(step, h100.replace(**{knob: v * 0.99}), TP).seconds
         hi = explorer.estimate(step, h100.replace(**{knob: v * 1.01}), TP).seconds
         assert s.elasticity(knob) == pytest.approx(np.log(hi / lo) / np.log(1.01 / 0.99), rel=1e-12), knob
+
+
+def test_a_network_knob_the_model_does_not_read_is_said_so(step, h100):
+    """H100's NVSwitch and its scale-out network are priced at the chip's total bandwidth: sweeping a link's
+    bandwidth moves nothing, and the sweep warns instead of returning identical rows silently; sensitivity notes it."""
+    bw = h100.knobs()["scale_out.link_bandwidth_bytes_per_s"]
+    with pytest.warns(sw.SweepWarning, match="scale_out.link_bandwidth_bytes_per_s moves nothing.*chip_bandwidth"):
+        res = explorer.sweep(step, h100, {"scale_out.link_bandwidth_bytes_per_s": [bw, 2 * bw]}, TP,
+                             pipeline_parallel=PIPE)
+    assert res.column("seconds")[0] == res.column("seconds")[1]
+    grid = {"scale_out.chip_bandwidth_bytes_per_s": [bw, 2 * bw]}
+    # the figure the model reads: no warning, and the pipeline's stage-to-stage sends across nodes go faster
+    res = explorer.sweep(step, h100, grid, TP, pipeline_parallel=PIPE)
+    assert res.column("seconds")[1] < res.column("seconds")[0]
+    s = explorer.sensitivity(step, h100, pipeline=TP, knobs=["scale_up.link_bandwidth_bytes_per_s"])
+    assert "not read on this target" in s.table()
+    tpu = hw_targets.load("tpu_v5p")         # a torus: priced per link, the chip figure unread
+    from explorer.model.collectives import unread_network_knobs
+    assert "scale_up.chip_bandwidth_bytes_per_s" in unread_network_knobs(tpu)
+    assert "scale_up.link_bandwidth_bytes_per_s" not in unread_network_knobs(tpu)

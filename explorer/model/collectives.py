@@ -205,6 +205,32 @@ def _wraps(net: Any, size: int, full: int) -> bool:
     return size == full
 
 
+def unread_network_knobs(target: Any) -> dict[str, str]:
+    """Network knobs ``place`` never reads on ``target``'s topologies, each with why (a what-if that sweeps one of
+    them moves nothing: the sweep warns, ``sensitivity`` notes it). A torus or ring is priced per link, a full mesh
+    per link times its links, a switch, fat tree or the scale-out network at the chip's total bandwidth."""
+    out: dict[str, str] = {}
+    up = target.scale_up
+    per_link = "its rings are priced per link (link_bandwidth_bytes_per_s, 2 links on a wrapped axis)"
+    per_chip = "it is priced at chip_bandwidth_bytes_per_s (all of a chip's links together)"
+    if up.topology == "none":
+        for f in ("link_bandwidth_bytes_per_s", "links_per_chip", "chip_bandwidth_bytes_per_s"):
+            out[f"scale_up.{f}"] = "the target has no scale-up network (topology 'none')"
+    elif up.topology in ("torus_2d", "torus_3d", "ring"):
+        out["scale_up.chip_bandwidth_bytes_per_s"] = f"the scale-up network is a {up.topology}: {per_link}"
+        out["scale_up.links_per_chip"] = f"the scale-up network is a {up.topology}: {per_link}"
+    elif up.topology == "full_mesh":
+        out["scale_up.chip_bandwidth_bytes_per_s"] = ("the scale-up network is a full mesh: priced at "
+                                                      "link_bandwidth_bytes_per_s x min(links_per_chip, peers)")
+    else:
+        out["scale_up.link_bandwidth_bytes_per_s"] = f"the scale-up network is a {up.topology}: {per_chip}"
+        out["scale_up.links_per_chip"] = f"the scale-up network is a {up.topology}: {per_chip}"
+    for f in ("link_bandwidth_bytes_per_s", "links_per_chip"):
+        out[f"scale_out.{f}"] = ("the target has no scale-out network (topology 'none')"
+                                 if target.scale_out.topology == "none" else f"across domains {per_chip}")
+    return out
+
+
 def place(target: Any, n: int, stride: int, job: int) -> tuple[list[Span], Span | None]:
     """(spans inside one scale-up domain, span across domains or None) for a group of ``n`` at ``stride``."""
     up, out = target.scale_up, target.scale_out

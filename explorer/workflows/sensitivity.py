@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -33,7 +34,8 @@ from hw_targets.schema import INFORMATIONAL
 from passes import pipeline as pl
 
 from ..report.units import fmt_seconds
-from .sweep import COST_COLUMNS, knobs_read, sweep
+from ..model.collectives import unread_network_knobs
+from .sweep import COST_COLUMNS, SweepWarning, knobs_read, sweep
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,7 @@ def sensitivity(program, target, pipeline: str | Sequence[Any] | None = "default
                 where[(k, x)] = len(variants)
                 variants.append({k: x})
     seconds, dependent = _price(program, target, passes, variants, workers)
+    unread = unread_network_knobs(target)
     t0 = seconds[0]
 
     def t_at(k: str, x: float) -> float:
@@ -291,6 +294,8 @@ def sensitivity(program, target, pipeline: str | Sequence[Any] | None = "default
         why = _explain(k, kind, e, t_lo, t0, t_hi, k in dependent)
         if why:
             notes.append(why)
+        if k in unread:
+            notes.append(f"not read on this target: {unread[k]}")
         out.append(KnobSensitivity(k, values[k], e, lo, hi, t_lo, t_hi, method, "; ".join(notes), kind, t0))
     out.sort(key=lambda s: (s.kind != "continuous", -abs(s.elasticity or 0.0), s.knob))
     out += [KnobSensitivity(k, values[k], None, method="skipped", note=why,
@@ -313,7 +318,10 @@ def _price(program, target, passes: list[Any], variants: list[dict[str, float]],
     seconds: list[float] = [0.0] * len(variants)
     for backend, idx in groups.items():
         if idx:
-            res = sweep(program, target, [variants[i] for i in idx], pipeline=passes, backend=backend, workers=workers)
+            with warnings.catch_warnings():     # knobs the model does not read are noted per knob instead
+                warnings.simplefilter("ignore", SweepWarning)
+                res = sweep(program, target, [variants[i] for i in idx], pipeline=passes, backend=backend,
+                            workers=workers)
             for i, t in zip(idx, res.column("seconds")):
                 seconds[i] = float(t)
     return seconds, dependent

@@ -53,6 +53,7 @@ from passes import pipeline as pl
 from ..pricing.pipeline_parallel import SCHEDULES, pipeline_layout
 from ..pricing.price import check_known, estimate
 from ..graph.gcpause import paused_gc
+from ..model.collectives import unread_network_knobs
 from ..model.variants import ArrayTarget, Sections
 from ..pricing.vectorised import COST_COLUMNS, pipelined_columns, price_variants
 from ..report import plots
@@ -321,6 +322,10 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     if not variants:
         raise SweepError("sweep: the grid has no variants")
     knobs = tuple(dict.fromkeys(k for v in variants for k in v))
+    unread = unread_network_knobs(base_target)
+    for k in knobs:
+        if k in unread:
+            warnings.warn(SweepWarning(f"sweep: {k} moves nothing on {base_target.name}: {unread[k]}"), stacklevel=2)
     if pipeline == "default":
         pipeline = pl.default_pipeline(program)
     passes = pl.resolve(pipeline or None)
