@@ -322,10 +322,6 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     if not variants:
         raise SweepError("sweep: the grid has no variants")
     knobs = tuple(dict.fromkeys(k for v in variants for k in v))
-    unread = unread_network_knobs(base_target)
-    for k in knobs:
-        if k in unread:
-            warnings.warn(SweepWarning(f"sweep: {k} moves nothing on {base_target.name}: {unread[k]}"), stacklevel=2)
     if pipeline == "default":
         pipeline = pl.default_pipeline(program)
     passes = pl.resolve(pipeline or None)
@@ -341,6 +337,10 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     with paused_gc():      # passes and pricing of the whole program: no collector walks between their allocations
         cols, method = _priced(program, base_target, passes, variants, knob_cols, base_values, reads, knobs,
                                backend, workers, progress, pipeline_parallel)
+    unread = unread_network_knobs(base_target)      # said once the sweep has priced (a bad grid raises first)
+    for k in knobs:
+        if k in unread:
+            warnings.warn(SweepWarning(f"sweep: {k} moves nothing on {base_target.name}: {unread[k]}"), stacklevel=2)
     name = program.graph.name
     return SweepResult(program=name, target=base_target.name, pipeline=text, knobs=knobs,
                        columns={**knob_cols, **cols}, method=method, reason=reason)
