@@ -230,6 +230,17 @@ class PipelineTimes:
     def seconds(self):
         return self.schedule_time.seconds + self.step_extra_s
 
+    @property
+    def stage_seconds(self):
+        """The slowest stage's forward + backward time per microbatch."""
+        return _largest([f + b for f, b in zip(self.stage_forward_s, self.stage_backward_s)])
+
+    @property
+    def bubble_fraction(self):
+        """``PipelineEstimate.bubble_fraction``: the bubble's share of the step (0 for an empty step)."""
+        seconds = self.seconds
+        return _choose(seconds != 0, lambda: self.schedule_time.bubble_seconds / seconds, lambda: 0.0)
+
 
 @dataclass(frozen=True)
 class PipelineLayout:
@@ -283,7 +294,7 @@ class PipelineLayout:
         total_once = _total(once.values())
         exposed = _total(row_seconds) - hidden_comm_seconds
         rest = seconds - exposed
-        overlapped = (rest >= 0) & (exposed > 0) if isinstance(rest, np.ndarray) else (rest >= 0 and exposed > 0)
+        overlapped = (rest >= 0) & (exposed > 0)         # bools for one target, arrays for a sweep's variants
         ratio = _choose(overlapped, lambda: seconds / exposed, lambda: 1.0)
         kept = total_once - hidden_comm_seconds
         kept = _choose(overlapped, lambda: kept, lambda: kept + rest)

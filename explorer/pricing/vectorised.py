@@ -175,18 +175,13 @@ def pipelined_columns(cols: dict[str, Any], t, layout: PipelineLayout, target, n
                                                  "overhead_seconds", "bound")}
     seconds = col(t.seconds)
     bubble = col(t.schedule_time.bubble_seconds)
-    per = [f + b for f, b in zip(t.stage_forward_s, t.stage_backward_s)]
-    slowest = per[0]
-    for x in per[1:]:
-        slowest = np.maximum(slowest, x) if n else max(slowest, x)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fraction = np.where(seconds != 0, bubble / seconds, 0.0) if n else (bubble / seconds if seconds else 0.0)
+    fraction = col(t.bubble_fraction)
     capacity = target.main_memory.capacity_bytes
     mem = layout.memory_per_device_bytes
     fits = np.array(np.broadcast_to(mem <= np.asarray(capacity), (n,)), dtype=bool) if n else bool(mem <= capacity)
     out.update(seconds=seconds, bubble_seconds=bubble, bubble_fraction=fraction,
                p2p_exposed_seconds=col(t.schedule_time.p2p_exposed_seconds), step_extra_seconds=col(t.step_extra_s),
-               stage_seconds=col(slowest), memory_per_device_bytes=col(mem), fits_in_memory=fits)
+               stage_seconds=col(t.stage_seconds), memory_per_device_bytes=col(mem), fits_in_memory=fits)
     for k in ("flops", "bytes_accessed", "kernels", "peak_memory_bytes", *COST_COLUMNS):
         out[k] = cols[k]
     return out

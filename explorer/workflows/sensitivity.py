@@ -35,7 +35,7 @@ from passes import pipeline as pl
 
 from ..report.units import fmt_seconds
 from ..model.collectives import unread_network_knobs
-from .sweep import COST_COLUMNS, SweepWarning, knobs_read, sweep
+from .sweep import COST_COLUMNS, SweepWarning, certifying, knobs_read, sweep
 
 
 @dataclass(frozen=True)
@@ -311,10 +311,9 @@ def _price(program, target, passes: list[Any], variants: list[dict[str, float]],
     a pass reads."""
     all_knobs = {k for v in variants for k in v}
     dependent = {k for ks in knobs_read(passes, all_knobs).values() for k in ks}
-    readers = [p for p in passes if knobs_read([p], dependent)]
-    certified = all(callable(getattr(p, "run_certified", None)) for p in readers)
     groups = {"vector": [i for i, v in enumerate(variants) if not set(v) & dependent],
-              "grouped" if certified else "process": [i for i, v in enumerate(variants) if set(v) & dependent]}
+              "grouped" if certifying(passes, dependent) is not None else "process":
+                  [i for i, v in enumerate(variants) if set(v) & dependent]}
     seconds: list[float] = [0.0] * len(variants)
     for backend, idx in groups.items():
         if idx:

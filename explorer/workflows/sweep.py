@@ -335,8 +335,28 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
     base_values = base_target.knobs()
     knob_cols = {k: np.array([v.get(k, base_values[k]) for v in variants]) for k in knobs}
     with paused_gc():      # passes and pricing of the whole program: no collector walks between their allocations
-        cols, method = _priced(program, base_target, passes, variants, knob_cols, base_values, reads, knobs,
-                               backend, workers, progress, pipeline_parallel)
+        if backend == "vector":
+            plan = pl.run(passes, program, base_target)
+            cols = price_variants(program, base_target, plan, knob_cols, len(variants),
+                                  pipeline_parallel=pipeline_parallel)
+            method = "vectorised"
+        elif backend == "grouped":
+            certify = certifying(passes, knobs)
+            if certify is not None:
+                cols, runs, plans = _certified(program, base_target, passes, certify, variants, knob_cols,
+                                               pipeline_parallel)
+                method = f"vectorised by decision ({runs} pass runs, {plans} distinct plans, certified)"
+            else:
+                read = sorted({k for ks in reads.values() for k in ks})
+                cols, runs, plans = _grouped(program, base_target, passes, variants, read, knob_cols, base_values,
+                                             pipeline_parallel)
+                method = f"vectorised by decision ({runs} pass runs, {plans} distinct plans)"
+        else:
+            targets = [base_target.replace(**v) for v in variants]
+            rows = _per_variant(program, targets, passes, backend, workers, progress, pipeline_parallel)
+            cols = {name: _column([r[name] for r in rows]) for name in rows[0]} if rows else {}
+            serial = backend == "process" and _n_workers(workers, len(targets)) == 1
+            method = f"per-variant ({'serial' if serial else backend})"
     unread = unread_network_knobs(base_target)      # said once the sweep has priced (a bad grid raises first)
     for k in knobs:
         if k in unread:
@@ -346,33 +366,11 @@ def sweep(program, base_target, grid: Mapping[str, Sequence[float]] | Sequence[M
                        columns={**knob_cols, **cols}, method=method, reason=reason)
 
 
-def _priced(program, base_target, passes: list[Any], variants: list[dict[str, float]], knob_cols: dict[str, np.ndarray],
-            base_values: Mapping[str, float], reads: dict[str, list[str]], knobs: tuple[str, ...], backend: str,
-            workers: int | None, progress: bool | None,
-            pipeline_parallel: Mapping[str, Any] | None) -> tuple[dict[str, np.ndarray], str]:
-    """The sweep's columns and how they were priced, by ``backend``."""
-    if backend == "vector":
-        plan = pl.run(passes, program, base_target)
-        cols = price_variants(program, base_target, plan, knob_cols, len(variants),
-                              pipeline_parallel=pipeline_parallel)
-        method = "vectorised"
-    elif backend == "grouped":
-        certify = [p for p in passes if knobs_read([p], knobs)]
-        if all(callable(getattr(p, "run_certified", None)) for p in certify):
-            cols, runs, plans = _certified(program, base_target, passes, certify, variants, knob_cols,
-                                           pipeline_parallel)
-            method = f"vectorised by decision ({runs} pass runs, {plans} distinct plans, certified)"
-        else:
-            read = sorted({k for ks in reads.values() for k in ks})
-            cols, runs, plans = _grouped(program, base_target, passes, variants, read, knob_cols, base_values,
-                                         pipeline_parallel)
-            method = f"vectorised by decision ({runs} pass runs, {plans} distinct plans)"
-    else:
-        targets = [base_target.replace(**v) for v in variants]
-        rows = _per_variant(program, targets, passes, backend, workers, progress, pipeline_parallel)
-        cols = {name: _column([r[name] for r in rows]) for name in rows[0]} if rows else {}
-        method = f"per-variant ({'serial' if backend == 'process' and _n_workers(workers, len(targets)) == 1 else backend})"
-    return cols, method
+def certifying(passes: Sequence[Any], knobs: Iterable[str]) -> list[Any] | None:
+    """The passes whose decisions read any of ``knobs``, when every one of them certifies its decisions
+    (``run_certified``, ``passes.decisions``); None when one does not (it must run again per distinct value)."""
+    readers = [p for p in passes if knobs_read([p], knobs)]
+    return readers if all(callable(getattr(p, "run_certified", None)) for p in readers) else None
 
 
 def _decisions(plan) -> Any:
@@ -391,16 +389,19 @@ def _grouped(program, base_target, passes: list[Any], variants: list[dict[str, f
         by_read.setdefault(tuple(v.get(k, base_values[k]) for k in read), []).append(i)
     groups: list[tuple[Any, Any, list[int]]] = []      # (plan, its decisions, variant indices), first-seen order
     for key, rows in by_read.items():
-        plan = pl.run(passes, program, base_target.replace(**dict(zip(read, key))))
-        decided = _decisions(plan)
-        for _, known, members in groups:
-            if known == decided:
-                members.extend(rows)
-                break
-        else:
-            groups.append((plan, decided, list(rows)))
+        _join(groups, pl.run(passes, program, base_target.replace(**dict(zip(read, key)))), rows)
     return _price_groups(program, base_target, groups, knob_cols, len(variants), pipeline_parallel), len(by_read), \
         len(groups)
+
+
+def _join(groups: list[tuple[Any, Any, list[int]]], plan, rows: Sequence[int]) -> None:
+    """Variants ``rows`` priced under ``plan``: into the group that made the same decisions, else a new group."""
+    decided = _decisions(plan)
+    for _, known, members in groups:
+        if known == decided:
+            members.extend(rows)
+            return
+    groups.append((plan, decided, list(rows)))
 
 
 def _price_groups(program, base_target, groups: list[tuple[Any, Any, list[int]]], knob_cols: dict[str, np.ndarray],
@@ -447,13 +448,7 @@ def _certified(program, base_target, passes: list[Any], certify: list[Any], vari
                 holds[rows] &= cert.holds(at, rows.stop - rows.start)
         holds[0] = True            # where it ran the plan is its own (a broken certificate holds there alone)
         members, remaining = remaining[holds], remaining[~holds]
-        decided = _decisions(plan)
-        for _, known, indices in groups:
-            if known == decided:
-                indices.extend(members.tolist())
-                break
-        else:
-            groups.append((plan, decided, members.tolist()))
+        _join(groups, plan, members.tolist())
     return _price_groups(program, base_target, groups, knob_cols, len(variants), pipeline_parallel), runs, len(groups)
 
 

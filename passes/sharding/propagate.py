@@ -40,7 +40,7 @@ from jax.extend.mlir.dialects import stablehlo as shlo
 from explorer.graph import names
 from explorer.costs import Work, find_rule
 from explorer.graph.ir import Graph, Op, TensorType, dtype_bytes
-from explorer.model.collectives import collective_seconds_of, collective_time
+from explorer.model.collectives import collective_seconds_of
 
 from ..decisions import Trace
 
@@ -126,12 +126,7 @@ class CostModel:
         # traced (``passes.decisions``): every figure read from the target is a leaf of the trace, so the
         # comparisons the partitioner makes between layouts can be checked on other targets without re-running it
         self.trace = trace if target is not None else None
-        if target is not None:
-            self.flops_per_s = target.matrix_rate("bf16") * target.efficiency.matrix
-            main = target.main_memory
-            self.bytes_per_s = main.bandwidth_bytes_per_s * target.efficiency.memory
-        else:
-            self.flops_per_s, self.bytes_per_s = 1e14, 1e12
+        self.flops_per_s, self.bytes_per_s = _rates(target) if target is not None else (1e14, 1e12)
         self._cache: dict[tuple, float] = {}
 
     def comm(self, kind: str, payload: float, n: int, stride: int) -> float:
@@ -144,7 +139,7 @@ class CostModel:
                 factor = 2.0 if kind == "all_reduce" else 1.0
                 t = 5e-6 + factor * payload * (n - 1) / n / 1e11
             else:
-                t = collective_time(self.target, kind, payload, n, stride, self.job_devices).seconds
+                t = collective_seconds_of(self.target, kind, payload, n, stride, self.job_devices)
                 if self.trace is not None:
                     t = self.trace.leaf(("comm", kind, payload, n, stride, self.job_devices), t)
             self._cache[key] = t
@@ -157,7 +152,7 @@ class CostModel:
         if w is None:
             return 0.0
         flops, nbytes = w.matrix_flops * fraction, w.bytes_accessed * fraction
-        t = max(flops / self.flops_per_s, nbytes / self.bytes_per_s)
+        t = _work_seconds(flops, nbytes, self.flops_per_s, self.bytes_per_s)
         if self.trace is not None:
             return self.trace.leaf(("work", flops, nbytes), t)
         return t
@@ -167,17 +162,25 @@ class CostModel:
         return self.trace.certificate() if self.trace is not None else None
 
 
+def _rates(target: Any) -> tuple[Any, Any]:
+    """(matrix flop/s, main-memory bytes/s) a layout's local work is ranked at."""
+    return (target.matrix_rate("bf16") * target.efficiency.matrix,
+            target.main_memory.bandwidth_bytes_per_s * target.efficiency.memory)
+
+
+def _work_seconds(flops: float, nbytes: float, flops_per_s: Any, bytes_per_s: Any) -> Any:
+    a, b = flops / flops_per_s, nbytes / bytes_per_s
+    return np.maximum(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else max(a, b)
+
+
 def leaf_seconds(target: Any, spec: tuple) -> Any:
-    """A traced cost's leaf recomputed on ``target`` (a sweep's ``ArrayTarget`` too): exactly as ``CostModel`` computes
-    it, so a variant with the base's figures gets the base's value bit for bit."""
+    """A traced cost's leaf recomputed on ``target`` (a sweep's ``ArrayTarget`` too) by ``CostModel``'s own formulas,
+    so a variant with the base's figures gets the base's value bit for bit."""
     if spec[0] == "comm":
         _, kind, payload, n, stride, job = spec
         return collective_seconds_of(target, kind, payload, n, stride, job)
     _, flops, nbytes = spec
-    flops_per_s = target.matrix_rate("bf16") * target.efficiency.matrix
-    bytes_per_s = target.main_memory.bandwidth_bytes_per_s * target.efficiency.memory
-    a, b = flops / flops_per_s, nbytes / bytes_per_s
-    return np.maximum(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else max(a, b)
+    return _work_seconds(flops, nbytes, *_rates(target))
 
 
 def traced_cost_model(target: Any, job_devices: int = 0) -> CostModel:
