@@ -142,29 +142,7 @@ def memory_spans(program, plan: Plan) -> tuple[dict[int, tuple[tuple[int, int], 
     loop result) shares its root's buffer, which stays live until the view's last reader; a loop's block
     arguments have no interval of their own (they are the buffers of the loop's operands and results)."""
     graph = program.graph
-    root = liveness.alias_roots(graph)
-    end = len(graph.ops)
-    start: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for v in graph.inputs:
-        start[v], last[v] = 0, end
-    for i, op in enumerate(graph.ops):
-        for r in op.results:
-            if root.get(r, r) == r:
-                start.setdefault(r, i)
-                last.setdefault(r, i)
-        for v in op.operands:
-            rv = root.get(v, v)
-            if rv not in start and rv not in graph.producers:
-                continue
-            last[rv] = max(last.get(rv, i), i)
-            start.setdefault(rv, 0)
-    for v in graph.outputs:
-        last[root.get(v, v)] = end
-    spans = {v: ((s, last[v]),) for v, s in start.items()}
-    for v, given in (plan.live_ranges or {}).items():
-        spans[v] = tuple((a if a < end else end, b if b < end else end) for a, b in given)
-    return spans, root
+    return liveness.live_spans(graph, None, plan.live_ranges), liveness.alias_roots(graph)
 
 
 @dataclass

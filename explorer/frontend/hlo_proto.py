@@ -35,8 +35,13 @@ _SCHEMA = {
         ("batch_group_count", 58, _INT64, False, None)],
     "HloComputationProto": [("name", 1, _STRING, False, None),
                             ("instructions", 2, _MESSAGE, True, "HloInstructionProto")],
+    # which entry parameters an output may write into (the caller donated them): input_output_alias
+    "AliasEntryProto": [("output_shape_index", 1, _INT64, True, None), ("parameter_number", 2, _INT64, False, None),
+                        ("parameter_shape_index", 3, _INT64, True, None)],
+    "HloInputOutputAliasProto": [("entries", 1, _MESSAGE, True, "AliasEntryProto")],
     "HloModuleProto": [("name", 1, _STRING, False, None),
-                       ("computations", 3, _MESSAGE, True, "HloComputationProto")],
+                       ("computations", 3, _MESSAGE, True, "HloComputationProto"),
+                       ("input_output_alias", 8, _MESSAGE, False, "HloInputOutputAliasProto")],
 }
 _PACKAGE = "explorer_hlo_subset"
 _module_class: Any = None
@@ -59,6 +64,14 @@ def _module_message() -> Any:
         pool.Add(file)
         _module_class = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.HloModuleProto"))
     return _module_class
+
+
+def aliased_parameters(serialized_module: bytes) -> dict[int, tuple[int, ...]]:
+    """Entry parameter number -> the output (tuple index) XLA lets write into its buffer: the donated ones."""
+    module = _module_message()()
+    module.ParseFromString(serialized_module)
+    return {int(e.parameter_number): tuple(int(i) for i in e.output_shape_index)
+            for e in module.input_output_alias.entries}
 
 
 @dataclass(frozen=True)

@@ -437,7 +437,22 @@ def lower_compiled(fn: Callable, *args: Any, target: Any, **kwargs: Any) -> Prog
     graph = importer.import_module(module, name=name)
     proto = compiled.runtime_executable().hlo_modules()[0].as_serialized_hlo_module_proto()
     graph = with_convolution_geometry(graph, hlo_proto.convolutions(proto))
+    graph = with_donation(graph, hlo_proto.aliased_parameters(proto))
     return Program.from_graph(graph, origin=MappingProxyType(info))
+
+
+def with_donation(graph: Graph, aliased: Mapping[int, tuple[int, ...]]) -> Graph:
+    """``graph`` with the entry parameters XLA aliases to an output marked donated (``tf.aliasing_output``, as
+    JAX writes it on the StableHLO), which the MLIR form of the optimized module drops: the liveness frees
+    them after their last reader, and an in-place update may write into them
+    (``explorer.model.liveness``)."""
+    if not aliased:
+        return graph
+    attrs = [dict(a) for a in graph.input_attrs] or [{} for _ in graph.inputs]
+    for number, index in aliased.items():
+        if 0 <= number < len(attrs):
+            attrs[number]["tf.aliasing_output"] = f"{index[0] if index else 0} : i32"
+    return dataclasses.replace(graph, input_attrs=tuple(MappingProxyType(a) for a in attrs))
 
 
 def with_convolution_geometry(graph: Graph, convs: list[hlo_proto.Convolution]) -> Graph:

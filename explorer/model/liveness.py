@@ -4,6 +4,12 @@ A value is live from the op that defines it to its last reader; program inputs a
 outputs are live throughout. Views (reshape, bitcast) alias their operand rather
 than allocating. Values inside a loop body live within the loop's span; a loop's block arguments share
 the buffers of its operands and results, which are counted there.
+
+Donation (``jax.jit(..., donate_argnums=...)``, written as ``tf.aliasing_output`` / ``jax.buffer_donor`` on the
+module's arguments) decides what the caller's buffers may hold, as in XLA's buffer assignment: a donated input
+is freed after its last reader (an output takes its buffer), while an input that is not donated belongs to the
+caller for the whole call, so an in-place update of it (a KV cache's ``dynamic_update_slice``) first copies it
+into a new buffer: the result is not the input's memory.
 """
 from __future__ import annotations
 
@@ -29,6 +35,26 @@ class Liveness:
 
 
 _IN_PLACE = frozenset({"stablehlo.dynamic_update_slice", "stablehlo.scatter"})
+DONATION_ATTRS = ("tf.aliasing_output", "jax.buffer_donor")
+
+
+def donated_inputs(graph: Graph) -> frozenset[int]:
+    """Input value ids whose buffers the caller gave up (see the module docstring)."""
+    cached = graph.__dict__.get("_donated")
+    if cached is None:
+        cached = frozenset(v for v, attrs in zip(graph.inputs, graph.input_attrs)
+                           if any(k in attrs for k in DONATION_ATTRS))
+        object.__setattr__(graph, "_donated", cached)
+    return cached
+
+
+def _caller_owned(graph: Graph) -> frozenset[int]:
+    """Inputs that are not donated: their buffers cannot be written."""
+    cached = graph.__dict__.get("_caller_owned")
+    if cached is None:
+        cached = frozenset(graph.inputs) - donated_inputs(graph)
+        object.__setattr__(graph, "_caller_owned", cached)
+    return cached
 _VIEWS = frozenset({"stablehlo.reshape", "stablehlo.bitcast_convert", "stablehlo.get_tuple_element",
                     "stablehlo.optimization_barrier", "stablehlo.tuple", "mhlo.bitcast"})
 
@@ -40,6 +66,7 @@ def alias_roots(graph: Graph, order: list[int] | None = None) -> dict[int, int]:
     """
     order = list(range(len(graph.ops))) if order is None else order
     root: dict[int, int] = {}
+    owned = _caller_owned(graph)
     for oid in order:
         op = graph.ops[oid]
         if op.name in _VIEWS and len(op.operands) == len(op.results):
@@ -52,9 +79,10 @@ def alias_roots(graph: Graph, order: list[int] | None = None) -> dict[int, int]:
                 if graph.values[a].nbytes == graph.values[r].nbytes:
                     root[r] = root.get(a, a)
         elif op.name in _IN_PLACE and op.results and op.operands:
-            # updated in place (as XLA does): the result is the operand's buffer
+            # updated in place (as XLA does): the result is the operand's buffer, unless that is an input the
+            # caller keeps (not donated): XLA copies it first, and the result is a buffer of its own
             a, r = op.operands[0], op.results[0]
-            if graph.values[a].nbytes == graph.values[r].nbytes:
+            if graph.values[a].nbytes == graph.values[r].nbytes and root.get(a, a) not in owned:
                 root[r] = root.get(a, a)
     return root
 
@@ -78,8 +106,9 @@ def live_spans(graph: Graph, order: list[int] | None = None,
     end = len(order)
     start: dict[int, int] = {}
     last: dict[int, int] = {}
+    donated = donated_inputs(graph)
     for v in graph.inputs:
-        start[v], last[v] = 0, end
+        start[v], last[v] = 0, (0 if v in donated else end)    # a donated input is freed after its last reader
     for oid in order:
         op = graph.ops[oid]
         i = pos[oid]
