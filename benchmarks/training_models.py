@@ -351,7 +351,8 @@ def train_program(cfg: Model, batch: int, learning_rate: float = 1e-4):
 
 
 def decode_program(cfg: Model, batch: int, context: int):
-    """(decode_step, (params, cache, tokens, pos)): one token per sequence against a ``context``-long KV cache."""
+    """(decode_step, (params, cache, tokens, pos)): one token per sequence against a ``context``-long KV cache,
+    donated as serving code donates it (the cache is updated in place, not copied: ``explorer.model.liveness``)."""
     params = param_shapes(cfg)
 
     def decode_step(params, cache, tokens, pos):
@@ -368,7 +369,7 @@ def decode_program(cfg: Model, batch: int, context: int):
 
     kv = S((batch, context, cfg.kv, cfg.hd), BF)
     cache = {f"h_{i}": {"k": kv, "v": kv} for i in range(cfg.n_layers)}
-    return decode_step, (params, cache, S((batch, 1), jnp.int32), S((), jnp.int32))
+    return jax.jit(decode_step, donate_argnums=1), (params, cache, S((batch, 1), jnp.int32), S((), jnp.int32))
 
 
 @functools.lru_cache(maxsize=None)

@@ -252,6 +252,7 @@ class _Partitioner:
         self.labels: dict[int, str] = {}
         self.notes: list[str] = []
         self.attr_cache: dict[tuple[int, str], Any] = {}
+        self.local_cache: dict[tuple, TensorType] = {}
         self.manual = self._manual_ops()
         self.hints = self._backward_hints(output_specs)
         matmuls = [0]
@@ -279,7 +280,11 @@ class _Partitioner:
 
     def local(self, v: int, s: Spec) -> TensorType:
         t = self.graph.values[v]
-        return TensorType(s.local_shape(t.shape, self.mesh), t.dtype)
+        key = (t.shape, t.dtype, s.dims)
+        hit = self.local_cache.get(key)
+        if hit is None:        # one per-device type per (type, layout): the same pairs recur in every block
+            hit = self.local_cache[key] = TensorType(s.local_shape(t.shape, self.mesh), t.dtype)
+        return hit
 
     def _manual_ops(self) -> frozenset[int]:
         out: set[int] = set()
@@ -295,7 +300,9 @@ class _Partitioner:
     def attr(self, op: Op, name: str, kind: str) -> Any:
         key = (op.id, name)
         if key not in self.attr_cache:
-            ctx = self.__dict__.setdefault("_mlir", mlir_context())
+            ctx = self.__dict__.get("_mlir")
+            if ctx is None:             # made once (setdefault would make a context per call)
+                ctx = self.__dict__["_mlir"] = mlir_context()
             with ctx:
                 parsed = ir.Attribute.parse(op.attrs[name])
                 cls = shlo.GatherDimensionNumbers if kind == "gather" else shlo.ScatterDimensionNumbers
@@ -594,12 +601,13 @@ class _Partitioner:
         an expert-parallel layer's dispatched tokens, read again by the experts' weight gradients). A larger copy (a
         gather) is made again in each phase, as ZeRO-3 re-gathers a weight and Megatron's sequence and context
         parallelism re-gather an activation for the backward pass instead of keeping the gathered one."""
-        out = list(self.versions.get((v, phase), []))
-        if self.graph.producer(v) is None:
+        out = list(self.versions.get((v, phase), ()))
+        made = self.made.get(v)
+        if not made or v not in self.graph.producers:
             return out
         t = self.graph.values[v]
         own = math.prod(self.get(v).local_shape(t.shape, self.mesh))
-        for ph, s in self.made.get(v, []):
+        for ph, s in made:
             if ph != phase and s not in out and math.prod(s.local_shape(t.shape, self.mesh)) <= own:
                 out.append(s)
         return out

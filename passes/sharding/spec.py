@@ -104,17 +104,35 @@ def sub_axis_name(axis: str, pre_size: int, size: int) -> str:
     return f"{axis}{_SUB}{pre_size}){size}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Spec:
-    """Sharding of one tensor: per-dimension mesh axes, and pending partial-sum axes."""
+    """Sharding of one tensor: per-dimension mesh axes, and pending partial-sum axes.
+
+    Compared and hashed by value (``dims``, ``partial``), with the hash kept: the partitioner looks layouts up
+    in its caches hundreds of thousands of times per search."""
 
     dims: tuple[tuple[str, ...], ...]
     partial: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        used = [a for d in self.dims for a in d] + list(self.partial)
-        if len(set(used)) != len(used):
+        used = [a for d in self.dims for a in d]
+        used.extend(self.partial)
+        if len(used) > 1 and len(set(used)) != len(used):
             raise ValueError(f"a mesh axis appears twice in sharding {self}")
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not Spec:
+            return NotImplemented
+        return self.dims == other.dims and self.partial == other.partial
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.dims, self.partial))
+            object.__setattr__(self, "_hash", h)
+        return h
 
     @classmethod
     def replicated(cls, rank: int) -> "Spec":
