@@ -1,6 +1,6 @@
-"""Donated buffers in the peak memory: an input the caller keeps cannot be updated in place (XLA copies it),
-a donated one is freed after its last reader. Checked by hand-derived byte counts, and, where the xla-gpu extra
-is installed, against XLA:GPU's own buffer assignment."""
+"""Buffers in the peak memory as XLA's buffer assignment allocates them: outputs are allocated before the call
+runs, an input the caller keeps cannot be updated in place (XLA copies it), a donated one is its output's buffer. Checked by hand-derived byte counts,
+and, where the xla-gpu extra is installed, against XLA:GPU's own buffer assignment."""
 from __future__ import annotations
 
 import importlib.util
@@ -52,6 +52,18 @@ def test_a_donated_input_is_freed_after_its_last_reader():
     # at the last matmul: w, x, y, tanh(y) and the result when w is kept; w is gone when donated
     assert kept == 5 * m
     assert donated == 4 * m
+
+
+def test_outputs_are_allocated_before_the_call_runs():
+    n = 256
+    m = n * n * 4
+
+    def step(x):                # the output is made last, but its buffer exists from the start
+        s = jnp.tanh(x @ x).sum()
+        return x * s
+
+    # at the tanh: x, the matmul's result, the tanh's and the (not yet written) output
+    assert _peak(step, S((n, n), jnp.float32), pipeline="fuse{strategy=none}") == 4 * m
 
 
 def test_donation_is_read_from_the_modules_arguments():

@@ -334,3 +334,14 @@ def test_a_sum_kept_split_over_some_of_its_axes_is_reduce_scattered_before_the_r
     assert [(s.kind, s.axes) for s in steps] == [("reduce_scatter", ("fsdp",)), ("all_reduce", ("data",))]
     assert steps[0].payload_bytes == whole and steps[0].out_bytes == whole / 2
     assert steps[1].payload_bytes == whole / 2
+
+
+def test_a_layout_pickles_without_its_hash():
+    import pickle
+
+    from passes.sharding.spec import Spec
+    s = Spec((("data",), ()), ("model",))
+    hash(s)                                   # kept on the object
+    back = pickle.loads(pickle.dumps(s))
+    assert back == s and hash(back) == hash(s) and "_hash" not in pickle.loads(pickle.dumps(s)).__dict__
+    assert {s: 1}[back] == 1

@@ -5,11 +5,14 @@ outputs are live throughout. Views (reshape, bitcast) alias their operand rather
 than allocating. Values inside a loop body live within the loop's span; a loop's block arguments share
 the buffers of its operands and results, which are counted there.
 
-Donation (``jax.jit(..., donate_argnums=...)``, written as ``tf.aliasing_output`` / ``jax.buffer_donor`` on the
-module's arguments) decides what the caller's buffers may hold, as in XLA's buffer assignment: a donated input
-is freed after its last reader (an output takes its buffer), while an input that is not donated belongs to the
-caller for the whole call, so an in-place update of it (a KV cache's ``dynamic_update_slice``) first copies it
-into a new buffer: the result is not the input's memory.
+Buffers are counted as XLA's buffer assignment allocates them (its ``peak_memory_in_bytes``: arguments + outputs
++ temporaries - aliased). The outputs are allocated before the call runs, so an output occupies memory from the
+start, not from the op that computes it. Donation (``jax.jit(..., donate_argnums=...)``, written as
+``tf.aliasing_output`` / ``jax.buffer_donor`` on the module's arguments) decides what the caller's buffers may
+hold: an input donated to an output (``tf.aliasing_output``) is that output's buffer (one buffer, live
+throughout); one donated without a pairing is freed after its last reader; an input that is not donated
+belongs to the caller for the whole call, so an in-place update of it (a KV cache's ``dynamic_update_slice``)
+first copies it into a new buffer: the result is not the input's memory.
 """
 from __future__ import annotations
 
@@ -46,6 +49,22 @@ def donated_inputs(graph: Graph) -> frozenset[int]:
                            if any(k in attrs for k in DONATION_ATTRS))
         object.__setattr__(graph, "_donated", cached)
     return cached
+
+
+def donated_to_outputs(graph: Graph) -> dict[int, int]:
+    """Output value id -> the donated input whose buffer it is written into (``tf.aliasing_output = k``)."""
+    out: dict[int, int] = {}
+    for v, attrs in zip(graph.inputs, graph.input_attrs):
+        text = attrs.get("tf.aliasing_output")
+        if text is None:
+            continue
+        try:
+            k = int(str(text).split(":")[0].strip())
+        except ValueError:
+            continue
+        if 0 <= k < len(graph.outputs) and graph.values[graph.outputs[k]].nbytes == graph.values[v].nbytes:
+            out.setdefault(graph.outputs[k], v)
+    return out
 
 
 def _caller_owned(graph: Graph) -> frozenset[int]:
@@ -123,12 +142,21 @@ def live_spans(graph: Graph, order: list[int] | None = None,
                 continue   # a loop/branch block argument: it is the buffer of the loop's operand and result
             last[rv] = max(last.get(rv, i), i)
             start.setdefault(rv, 0)
+    inputs = set(graph.inputs)
     for v in graph.outputs:
-        last[find(v)] = end
+        rv = find(v)
+        last[rv] = end
+        if rv not in inputs and rv in start:
+            start[rv] = 0          # allocated before the call runs
     for v, oid in (extend or {}).items():
         rv = find(v)
         if rv in start and oid in pos:
             last[rv] = max(last[rv], pos[oid])
+    for out, inp in donated_to_outputs(graph).items():
+        ro = find(out)
+        if ro not in inputs and ro in start:     # written into the donated input's buffer: no buffer of its own
+            del start[ro], last[ro]
+            last[inp] = end
     spans: dict[int, tuple[tuple[int, int], ...]] = {v: ((s, last[v]),) for v, s in start.items()}
     for v, given in (ranges or {}).items():
         spans[v] = tuple((pos.get(a, end) if a < len(graph.ops) else end,

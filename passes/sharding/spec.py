@@ -134,6 +134,12 @@ class Spec:
             object.__setattr__(self, "_hash", h)
         return h
 
+    def __getstate__(self) -> dict:
+        # the kept hash is this process's (strings hash differently in another): a pickle leaves it behind
+        state = dict(self.__dict__)
+        state.pop("_hash", None)
+        return state
+
     @classmethod
     def replicated(cls, rank: int) -> "Spec":
         return cls(((),) * rank)
