@@ -115,7 +115,8 @@ def _llama(layers: int):
     cfg = tm.Model(vocab=32000, d_model=1024, n_heads=16, n_kv_heads=4, d_ff=2816, seq=1024, n_layers=layers,
                    mlp="swiglu", norm="rmsnorm", tied=False, learned_pos=False)
     fn, args = tm.train_program(cfg, batch=4)
-    return explorer.lower(fn, *args)
+    # the state donated, as a training loop runs its step: the updated state takes the old state's buffers
+    return explorer.lower(fn, *args, donate_argnums=(0, 1))
 
 
 SCALING_PIPELINES = {

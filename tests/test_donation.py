@@ -86,3 +86,10 @@ def test_peak_matches_xla_buffer_assignment_with_and_without_donation(donate):
     # our liveness over XLA's plan (its aliasing read back from the module's proto) and over our own plan
     assert explorer.estimate(compiled, H100).peak_memory_bytes == xla_peak
     assert _peak(_write_row, CACHE, ROW, donate=donate) == xla_peak + INDEX_BYTES
+
+
+def test_lower_takes_the_donation_itself():
+    donated = explorer.estimate(explorer.lower(_write_row, CACHE, ROW, donate_argnums=0), H100).peak_memory_bytes
+    assert donated == CACHE_BYTES + ROW_BYTES + INDEX_BYTES
+    with pytest.raises(ValueError, match="already jitted"):
+        explorer.lower(jax.jit(_write_row), CACHE, ROW, donate_argnums=0)

@@ -15,7 +15,8 @@ from ..graph import environment, importer
 from . import xla
 
 
-def lower(fn: Callable, *args: Any, compiler: str | None = None, target: Any = None, **kwargs: Any) -> Program:
+def lower(fn: Callable, *args: Any, compiler: str | None = None, target: Any = None,
+          donate_argnums: int | tuple[int, ...] | None = None, **kwargs: Any) -> Program:
     """Lower ``fn(*args, **kwargs)`` with ``jax.jit`` and import it.
 
     Arguments may be arrays or ``jax.ShapeDtypeStruct`` pytrees: nothing is
@@ -23,9 +24,19 @@ def lower(fn: Callable, *args: Any, compiler: str | None = None, target: Any = N
 
     ``compiler="xla"`` with a ``target`` (a ``Target`` or preset name) compiles ``fn`` deviceless with the real
     XLA for that chip instead and imports the optimized module: XLA's fusions, schedule and SPMD partitioning
-    (``explorer.frontend.xla``; needs the ``xla-gpu`` or ``xla-tpu`` extra). ``compiler`` and ``target`` are
-    therefore not passed on to ``fn``.
+    (``explorer.frontend.xla``; needs the ``xla-gpu`` or ``xla-tpu`` extra). ``donate_argnums``: the arguments
+    the caller gives up, as ``jax.jit`` takes them (a train step's state, a decode step's KV cache): the peak
+    memory then lets outputs take their buffers and updates happen in place. ``compiler``, ``target`` and
+    ``donate_argnums`` are therefore not passed on to ``fn``.
     """
+    if donate_argnums is not None:
+        if hasattr(fn, "lower"):
+            raise ValueError("donate_argnums= is for a plain function; this one is already jitted: give "
+                             "jax.jit(fn, donate_argnums=...) the donation instead")
+        name = getattr(fn, "__name__", "")
+        fn = jax.jit(fn, donate_argnums=donate_argnums)
+        if name and not getattr(fn, "__name__", ""):
+            fn.__name__ = name
     if compiler is not None:
         if compiler != "xla":
             raise ValueError(f"compiler must be 'xla' (or None for JAX's own lowering), got {compiler!r}")
