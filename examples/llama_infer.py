@@ -288,9 +288,11 @@ def prefill_program(**overrides):
 
 
 def decode_program(**overrides):
-    """(decode, (params, cache, tokens, pos)) with ShapeDtypeStruct args."""
+    """(decode, (params, cache, tokens, pos)) with ShapeDtypeStruct args; ``decode`` is jitted with the cache
+    donated, as serving code runs it (the cache is updated in place, not copied; ``make_decode`` is the plain
+    function)."""
     cfg = make_config(**overrides)
-    return make_decode(cfg), _abstract(_decode_args, cfg)
+    return jax.jit(make_decode(cfg), donate_argnums=1), _abstract(_decode_args, cfg)
 
 
 PROGRAMS = {"prefill": prefill_program, "decode": decode_program}
