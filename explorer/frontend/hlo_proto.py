@@ -66,10 +66,15 @@ def _module_message() -> Any:
     return _module_class
 
 
-def aliased_parameters(serialized_module: bytes) -> dict[int, tuple[int, ...]]:
-    """Entry parameter number -> the output (tuple index) XLA lets write into its buffer: the donated ones."""
+def parse(serialized_module: bytes) -> Any:
+    """The serialized ``HloModuleProto`` read into the fields declared above (parsed once, read by both below)."""
     module = _module_message()()
     module.ParseFromString(serialized_module)
+    return module
+
+
+def aliased_parameters(module: Any) -> dict[int, tuple[int, ...]]:
+    """Entry parameter number -> the output (tuple index) XLA lets write into its buffer: the donated ones."""
     return {int(e.parameter_number): tuple(int(i) for i in e.output_shape_index)
             for e in module.input_output_alias.entries}
 
@@ -90,10 +95,9 @@ class Convolution:
     batch_group_count: int
 
 
-def convolutions(serialized_module: bytes) -> list[Convolution]:
-    """Every convolution custom call in the module (any computation), with its window and dimension numbers."""
-    module = _module_message()()
-    module.ParseFromString(serialized_module)
+def convolutions(module: Any) -> list[Convolution]:
+    """Every convolution custom call in the module (``parse``; any computation), with its window and dimension
+    numbers."""
     out = []
     for comp in module.computations:
         for inst in comp.instructions:

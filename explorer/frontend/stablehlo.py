@@ -33,10 +33,7 @@ def lower(fn: Callable, *args: Any, compiler: str | None = None, target: Any = N
         if hasattr(fn, "lower"):
             raise ValueError("donate_argnums= is for a plain function; this one is already jitted: give "
                              "jax.jit(fn, donate_argnums=...) the donation instead")
-        name = getattr(fn, "__name__", "")
-        fn = jax.jit(fn, donate_argnums=donate_argnums)
-        if name and not getattr(fn, "__name__", ""):
-            fn.__name__ = name
+        fn = jax.jit(fn, donate_argnums=donate_argnums)      # keeps fn's __name__
     if compiler is not None:
         if compiler != "xla":
             raise ValueError(f"compiler must be 'xla' (or None for JAX's own lowering), got {compiler!r}")

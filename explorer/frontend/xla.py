@@ -435,7 +435,7 @@ def lower_compiled(fn: Callable, *args: Any, target: Any, **kwargs: Any) -> Prog
     name = getattr(fn, "__name__", "") or "module"
     module = importer.parse_module(module_bytes)
     graph = importer.import_module(module, name=name)
-    proto = compiled.runtime_executable().hlo_modules()[0].as_serialized_hlo_module_proto()
+    proto = hlo_proto.parse(compiled.runtime_executable().hlo_modules()[0].as_serialized_hlo_module_proto())
     graph = with_convolution_geometry(graph, hlo_proto.convolutions(proto))
     graph = with_donation(graph, hlo_proto.aliased_parameters(proto))
     return Program.from_graph(graph, origin=MappingProxyType(info))
@@ -443,8 +443,8 @@ def lower_compiled(fn: Callable, *args: Any, target: Any, **kwargs: Any) -> Prog
 
 def with_donation(graph: Graph, aliased: Mapping[int, tuple[int, ...]]) -> Graph:
     """``graph`` with the entry parameters XLA aliases to an output marked donated (``tf.aliasing_output``, as
-    JAX writes it on the StableHLO), which the MLIR form of the optimized module drops: the liveness frees
-    them after their last reader, and an in-place update may write into them
+    JAX writes it on the StableHLO), which the MLIR form of the optimized module drops: the liveness counts each
+    such parameter and its output as one buffer, and an in-place update may write into it
     (``explorer.model.liveness``)."""
     if not aliased:
         return graph

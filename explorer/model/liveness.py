@@ -43,12 +43,7 @@ DONATION_ATTRS = ("tf.aliasing_output", "jax.buffer_donor")
 
 def donated_inputs(graph: Graph) -> frozenset[int]:
     """Input value ids whose buffers the caller gave up (see the module docstring)."""
-    cached = graph.__dict__.get("_donated")
-    if cached is None:
-        cached = frozenset(v for v, attrs in zip(graph.inputs, graph.input_attrs)
-                           if any(k in attrs for k in DONATION_ATTRS))
-        object.__setattr__(graph, "_donated", cached)
-    return cached
+    return frozenset(v for v, attrs in zip(graph.inputs, graph.input_attrs) if any(k in attrs for k in DONATION_ATTRS))
 
 
 def donated_to_outputs(graph: Graph) -> dict[int, int]:
@@ -67,13 +62,6 @@ def donated_to_outputs(graph: Graph) -> dict[int, int]:
     return out
 
 
-def _caller_owned(graph: Graph) -> frozenset[int]:
-    """Inputs that are not donated: their buffers cannot be written."""
-    cached = graph.__dict__.get("_caller_owned")
-    if cached is None:
-        cached = frozenset(graph.inputs) - donated_inputs(graph)
-        object.__setattr__(graph, "_caller_owned", cached)
-    return cached
 _VIEWS = frozenset({"stablehlo.reshape", "stablehlo.bitcast_convert", "stablehlo.get_tuple_element",
                     "stablehlo.optimization_barrier", "stablehlo.tuple", "mhlo.bitcast"})
 
@@ -85,7 +73,7 @@ def alias_roots(graph: Graph, order: list[int] | None = None) -> dict[int, int]:
     """
     order = list(range(len(graph.ops))) if order is None else order
     root: dict[int, int] = {}
-    owned = _caller_owned(graph)
+    owned = frozenset(graph.inputs) - donated_inputs(graph)     # inputs the caller keeps: never written
     for oid in order:
         op = graph.ops[oid]
         if op.name in _VIEWS and len(op.operands) == len(op.results):
