@@ -435,6 +435,26 @@ def test_gradient_reductions_over_data_and_other_axes_run_once_per_step():
     assert _row_kind(_Row("reduce_scatter{data}", "backward"), ("data",), fsdp=True) == "weights"
 
 
+def test_a_gradient_reduced_in_two_collectives_runs_once_per_step(h100):
+    """Under ZeRO-1 with context parallelism the partitioner reduce-scatters a weight gradient over data and
+    all-reduces its shard over seq: two collectives of one gradient, both accumulated over the microbatches and run
+    once per step (Megatron reduces gradients over dp x cp). The dK / dV reduce-scatter over seq (activations) runs
+    in every microbatch, and the dropout key gathered over data does not make the step FSDP."""
+    from explorer.pricing.pipeline_parallel import _row_parts
+    est = explorer.estimate(_program(2), h100, "shard{mesh=data=2.seq=2.model=2,dp=data,zero1=true,tp=model,sp=true,"
+                                               f"cp=seq,pins=x=data:seq+model:_}},{XLA}")
+    parts = _row_parts(est, ("data",), 2)
+    rows = [(k.name, k.layer, p[0]) for k, p in zip(est.kernels, parts) if k.phase == "backward"]
+    grads = [r for r in rows if r[0] in ("reduce_scatter{data}", "all_reduce{seq}") and r[1].endswith("/mlp")]
+    assert {r[0] for r in grads} == {"reduce_scatter{data}", "all_reduce{seq}"}
+    assert all(r[2] == "once" for r in grads)
+    activations = [r for r in rows if r[0] == "reduce_scatter{seq}"]
+    assert activations and all(r[2] == "block" for r in activations)
+    pe = price_pipeline(est, h100, 2, 4, "1f1b", blocks=8, stage_stride=8, job_devices=16)
+    once = sum(k.seconds for k, p in zip(est.kernels, parts) if p[0] == "once" and k.phase == "backward")
+    assert once > 0 and pe.step_extra_s > 0
+
+
 def test_fp8_matmuls_run_forward_and_backward_in_8_bits():
     """TransformerEngine's recipe in the validators' model builder: all three GEMMs of a matmul (forward, input
     gradient, weight gradient) take 8-bit operands: 3 x 2 m n k matrix flops in f8, none in bf16, per matmul."""

@@ -37,6 +37,7 @@ from ..model.collectives import collective_seconds_of
 from ..model.timing import _max
 from ..model.memory import StageMemory, block_index, in_flight, training_memory
 from ..report.units import fmt_bytes, fmt_seconds
+from .price import priced_items
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 
@@ -369,12 +370,16 @@ def _row_parts(estimate, axes: tuple[str, ...], n_prog: int) -> tuple[tuple[str,
         return hit
     rows = estimate.kernels
     program = estimate._program
+    items = _items_of(estimate)
+    # FSDP: weights gathered over a data-parallel axis for the matmuls that read them (a dropout key gathered over
+    # the batch's axis is not a weight)
     fsdp = any(_collective(k)[0] == "all_gather" and set(_collective(k)[1]) <= set(axes) and _collective(k)[1]
-               and k.phase in ("forward", "backward") for k in rows)
+               and k.phase in ("forward", "backward") and (items is None or _feeds_a_contraction(program, items[i]))
+               for i, k in enumerate(rows))
     owner = _update_owner(program) if program is not None else {}
+    kinds = _with_companions(estimate, items, [_row_kind(k, axes, fsdp) for k in rows])
     parts = []
-    for k in rows:
-        kind = _row_kind(k, axes, fsdp)
+    for k, kind in zip(rows, kinds):
         phase = "backward" if k.phase == "recompute" else k.phase
         recomputed = k.phase == "recompute"
         if kind == "step" or phase not in ("forward", "backward"):
@@ -384,6 +389,57 @@ def _row_parts(estimate, axes: tuple[str, ...], n_prog: int) -> tuple[tuple[str,
         part = "block" if b is not None and n_prog else ("first" if _before_blocks(k) else "last")
         parts.append((part, phase, kind != "weights", recomputed))
     memo[(axes, n_prog)] = out = tuple(parts)
+    return out
+
+
+def _items_of(estimate) -> list | None:
+    """The estimate's rows before timing (``priced_items``: what each inserted collective follows and feeds), or None
+    when the estimate carries no program and plan."""
+    program, plan = estimate._program, estimate._plan
+    if program is None or plan is None:
+        return None
+    items = estimate.__dict__.get("_priced_items") or priced_items(program, plan)
+    return items if len(items) == len(estimate.kernels) else None
+
+
+_LAYOUT_OPS = frozenset(f"stablehlo.{n}" for n in ("convert", "reshape", "transpose", "broadcast_in_dim", "copy"))
+_CONTRACTIONS = frozenset(("stablehlo.dot_general", "stablehlo.dot", "stablehlo.convolution"))
+
+
+def _feeds_a_contraction(program, item, depth: int = 4) -> bool:
+    """Whether an inserted collective's result is read by a matmul or convolution (through layout ops and casts)."""
+    if item.kind != "extra" or item.extra.before_op is None or item.extra.before_op < 0:
+        return False
+    graph = program.graph
+    users = graph.consumers()
+    frontier = [item.extra.before_op]
+    for _ in range(depth):
+        nxt = []
+        for oid in frontier:
+            op = graph.ops[oid]
+            if op.name in _CONTRACTIONS:
+                return True
+            if op.name in _LAYOUT_OPS:
+                nxt.extend(u for r in op.results for u in users.get(r, ()) if u >= 0)
+        frontier = nxt
+    return False
+
+
+def _with_companions(estimate, items: list | None, kinds: list[str]) -> list[str]:
+    """``kinds`` with the companions of each once-per-step gradient reduction made once-per-step too: the
+    partitioner may reduce one weight gradient in two collectives between the same two ops (``reduce_scatter`` over
+    ``data,model``, then ``all_reduce`` over ``seq`` of its shard under context parallelism). The second one adds
+    partial sums of the same gradient, so it accumulates over the microbatches and runs after the flush with the
+    first (Megatron reduces gradients over dp x cp once per step)."""
+    if items is None or "step" not in kinds:
+        return kinds
+    ends = lambda it: (it.extra.after_op, it.extra.before_op)   # noqa: E731
+    step_ends = {ends(it) for it, kind in zip(items, kinds) if kind == "step" and it.kind == "extra"}
+    out = list(kinds)
+    for i, (it, k) in enumerate(zip(items, estimate.kernels)):
+        if (kinds[i] == "scaled" and it.kind == "extra" and ends(it) in step_ends
+                and _collective(k)[0] in ("all_reduce", "reduce_scatter") and k.phase == "backward"):
+            out[i] = "step"
     return out
 
 

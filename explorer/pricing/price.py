@@ -129,7 +129,7 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
     timeline = _timeline(program, target, plan, items, rows)
     live = main_memory_liveness(program, plan, kernels)
     peaks = {target.main_memory.name: live.peak_bytes, **level_peaks(program, plan, kernels)}
-    return Estimate(
+    est = Estimate(
         program=graph.name, target=target.name, pipeline=pipeline_text, kernels=tuple(rows), flops=total_flops,
         transcendentals=total_trans, bytes_accessed=total_bytes, peak_memory_bytes=live.peak_bytes,
         memory_capacity_bytes=target.main_memory.capacity_bytes,
@@ -140,6 +140,8 @@ def price(program: Program, target, plan: Plan, pipeline_text: str = "", strict:
         unknown_loops=tuple(f"{lp.name_stack} ({lp.reason})" for lp in program.unknown_loops),
         peak_matrix_flops_per_s=target.matrix_rate("bf16"), plan_notes=plan.notes + timeline.notes,
         _program=program, _plan=plan, timeline=timeline)
+    est.__dict__["_priced_items"] = items      # what each row is (pipeline pricing reads what a collective feeds)
+    return est
 
 
 def step_seconds(program: Program, target: Any, pipeline: str | Sequence[Any] | None = "default") -> float:
