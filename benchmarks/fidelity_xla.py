@@ -130,6 +130,25 @@ def _megatron_mlp_4():
     return fn, tuple(S(a.shape, a.dtype, sharding=NamedSharding(mesh, a.sharding.spec)) for a in args)
 
 
+def _megatron_sp_mlp_4():
+    """A data x tensor x sequence parallel MLP training step on 4 devices (data=2, model=2): the tokens split over
+    the model axis between the matmuls (Megatron-SP), so each weight gradient has two ways to be made (gather the
+    tokens, or reduce the whole gradient over more axes) and the partitioner has to pick XLA's."""
+    mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("data", "model"))
+    d, ff, batch, seq = 1024, 4096, 8, 512
+
+    def loss(w1, w2, x):
+        h = jax.nn.gelu(jnp.einsum("bsd,df->bsf", x, w1))
+        return jnp.mean(jnp.square(jnp.einsum("bsf,fd->bsd", h, w2)))
+
+    def step(w1, w2, x):
+        g1, g2 = jax.grad(loss, argnums=(0, 1))(w1, w2, x)
+        return w1 - 1e-3 * g1, w2 - 1e-3 * g2
+    return step, (S((d, ff), jnp.bfloat16, sharding=NamedSharding(mesh, P(None, "model"))),
+                  S((ff, d), jnp.bfloat16, sharding=NamedSharding(mesh, P("model", None))),
+                  S((batch, seq, d), jnp.bfloat16, sharding=NamedSharding(mesh, P("data", "model", None))))
+
+
 PROGRAMS: dict[str, Callable[[], tuple[Callable, tuple]]] = {
     "gpt2_train": _example("gpt2_train.py"),
     "llama_prefill": _example("llama_infer.py:prefill", n_layers=4),
@@ -143,6 +162,7 @@ PROGRAMS: dict[str, Callable[[], tuple[Callable, tuple]]] = {
     "scan_rnn": _scan_rnn,
     "megatron_mlp_8dev": _megatron_mlp,
     "megatron_mlp_4dev": _megatron_mlp_4,
+    "megatron_sp_mlp_4dev": _megatron_sp_mlp_4,
 }
 SKIP = {"tpu-v5p": {"megatron_mlp_8dev"}}      # one v5p host holds 4 chips: the 4-device variant runs there
 ONLY = {"gpu-h100": None, "gpu-a100": None, "tpu-v5p": None}

@@ -186,7 +186,54 @@ def test_deviceless_compile_of_a_sharded_program_keeps_its_collectives():
     assert prog.origin["devices"] == 8
     reduces = [w for w in prog.works if w is not None and w.collective == "all_reduce"]
     assert reduces and all(w.group_size == 4 for w in reduces)    # the gradient is summed over the data axis
+    assert all(w.group_stride == 2 for w in reduces)                 # devices 0, 2, 4, 6: the model axis between
     assert prog.graph.values[prog.graph.inputs[0]].shape == (512, 256)   # per-device shapes
+
+
+@needs_plugin
+def test_a_sequence_parallel_step_imports_with_its_combined_collectives():
+    """XLA:GPU combines a sequence-parallel layer's gathers and gradient reduce-scatters into tuple collectives
+    with groups over mesh axes: each member imports as a collective of its own, over the devices of its axis."""
+    mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("data", "model"))
+
+    def loss(w1, w2, x):
+        return jnp.mean(jnp.square(jnp.einsum("bsf,fd->bsd", jax.nn.gelu(jnp.einsum("bsd,df->bsf", x, w1)), w2)))
+
+    def step(w1, w2, x):
+        g1, g2 = jax.grad(loss, argnums=(0, 1))(w1, w2, x)
+        return w1 - 1e-3 * g1, w2 - 1e-3 * g2
+    args = (S((1024, 4096), jnp.bfloat16, sharding=NamedSharding(mesh, P(None, "model"))),
+            S((4096, 1024), jnp.bfloat16, sharding=NamedSharding(mesh, P("model", None))),
+            S((8, 512, 1024), jnp.bfloat16, sharding=NamedSharding(mesh, P("data", "model", None))))
+    prog = explorer.lower(step, *args, compiler="xla", target="h100_sxm")
+    works = [w for w in prog.works if w is not None and w.collective]
+    assert {w.collective for w in works} >= {"all_gather", "reduce_scatter"}
+    assert all(w.group_size == 2 for w in works)                    # no collective left over a group of one (free)
+    # model-axis groups are neighbours (devices 0-1, 2-3), data-axis groups the model axis apart (0-2, 1-3)
+    assert {w.group_stride for w in works if w.collective in ("all_gather", "reduce_scatter")} == {1}
+    assert not explorer.estimate(prog, "h100_sxm").unknown_ops
+
+
+def test_mesh_axis_replica_groups_are_spelled_out_in_their_device_order():
+    line = ("%ar = f32[8]{0} all-reduce(%p), channel_id=1, replica_groups=mesh['a'=1,'b'=2,'c'=2], "
+            "device_ids=([2,2]T(1,0)) {'AXIS'}, to_apply=%add")
+    # devices laid out [[0, 2], [1, 3]] over (b, c): b varies down a column, c along a row
+    assert "replica_groups={{0,1},{2,3}}" in xla.explicit_replica_groups(line.replace("AXIS", "b"))
+    assert "replica_groups={{0,2},{1,3}}" in xla.explicit_replica_groups(line.replace("AXIS", "c"))
+    plain = line.replace(", device_ids=([2,2]T(1,0))", "")
+    assert "replica_groups={{0,2},{1,3}}" in xla.explicit_replica_groups(plain.replace("AXIS", "b"))   # row-major without ids
+
+
+def test_a_tuple_async_collective_becomes_one_collective_per_member():
+    text = ("  %ags = ((bf16[2,4]{1,0}, bf16[2,4]{1,0}), (bf16[4,4]{1,0}, bf16[4,4]{1,0})) all-gather-start(%a, %b), "
+            "channel_id=1, replica_groups={{0,1}}, dimensions={0}\n"
+            "  %agd = (bf16[4,4]{1,0}, bf16[4,4]{1,0}) all-gather-done(%ags), metadata={}\n"
+            "  %x = bf16[4,4]{1,0} get-tuple-element(%agd), index=1\n")
+    out = xla.sync_tuple_collectives(text).splitlines()
+    assert out == ["  %agd.member0 = bf16[4,4]{1,0} all-gather(%a), channel_id=1, replica_groups={{0,1}}, dimensions={0}",
+                   "  %agd.member1 = bf16[4,4]{1,0} all-gather(%b), channel_id=1, replica_groups={{0,1}}, dimensions={0}",
+                   "  %agd = (bf16[4,4]{1,0}, bf16[4,4]{1,0}) tuple(%agd.member0, %agd.member1)",
+                   "  %x = bf16[4,4]{1,0} get-tuple-element(%agd), index=1"]
 
 
 @needs_plugin
@@ -195,3 +242,29 @@ def test_compiler_rejection_names_the_target():
         return jax.ffi.ffi_call("no_such_custom_call_target", jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
     with pytest.raises(xla.CompilerError, match=r"xla:gpu rejected the program for h100_sxm"):
         explorer.lower(bad, S((4,), jnp.float32), compiler="xla", target="h100_sxm")
+
+
+MESH_REDUCE = """module @m {
+  sdy.mesh @mesh = <["a"=2, "b"=2]>
+  func.func public @main(%arg0: tensor<8xf32>) -> tensor<8xf32> {
+    %0 = "stablehlo.all_reduce"(%arg0) <{replica_groups = #stablehlo.replica_group_mesh_axes<mesh = @MESH,
+        axes = [#stablehlo.axis_ref<name = "AXIS">]>, channel_handle = #stablehlo.channel_handle<handle = 1, type = 1>,
+        use_global_device_ids}> ({
+    ^bb0(%x: tensor<f32>, %y: tensor<f32>):
+      %s = stablehlo.add %x, %y : tensor<f32>
+      stablehlo.return %s : tensor<f32>
+    }) : (tensor<8xf32>) -> tensor<8xf32>
+    return %0 : tensor<8xf32>
+  }
+}"""
+
+
+@pytest.mark.parametrize("axis,groups,stride", [("b", ((0, 1), (2, 3)), 1), ("a", ((0, 2), (1, 3)), 2)])
+def test_a_module_with_groups_over_mesh_axes_prices_them_over_their_devices(axis, groups, stride):
+    """StableHLO's mesh-axes replica groups (as XLA's partitioned modules convert) name axes of the module's
+    ``sdy.mesh``: each group is the devices along them (row-major), priced as a group of two, not of one (free)."""
+    prog = explorer.from_stablehlo(MESH_REDUCE.replace("MESH", "mesh").replace("AXIS", axis))
+    (op,) = prog.graph.ops
+    assert op.attrs["replica_groups"] == groups
+    w = prog.works[op.id]
+    assert (w.group_size, w.group_stride) == (2, stride)

@@ -336,12 +336,102 @@ def optimized_module(compiled: Any) -> bytes:
         try:
             return bytes(_jax.mlir.hlo_to_stablehlo(module.as_serialized_hlo_module_proto()))
         except Exception as exc:
-            raise CompilerError(f"the optimized module could not be converted to MLIR: {exc}") from exc
+            if "Async tuple" not in str(exc):
+                raise CompilerError(f"the optimized module could not be converted to MLIR: {exc}") from exc
     try:
-        relaid = hlo.hlo_module_from_text(_without_entry_layout(portable))
+        relaid = hlo.hlo_module_from_text(_without_entry_layout(explicit_replica_groups(sync_tuple_collectives(portable))))
         return bytes(_jax.mlir.hlo_to_stablehlo(relaid.as_serialized_hlo_module_proto()))
     except Exception as exc:
         raise CompilerError(f"the optimized module could not be converted to MLIR: {exc}") from exc
+
+
+_ASYNC_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+# ``%name = ((ins), (outs)) all-gather-start(%a, %b), attributes``: a combined asynchronous collective
+_TUPLE_START = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = \((\(.*?\)), (\(.*?\))\) (" + "|".join(_ASYNC_KINDS)
+                          + r")-start\(([^()]*)\), (.*)$")
+_DONE = re.compile(r"^(\s*)(ROOT )?%([\w.\-]+) = (.*?) (" + "|".join(_ASYNC_KINDS) + r")-done\(%([\w.\-]+)\)(?:, .*)?$")
+
+
+# ``replica_groups=mesh['axis_0'=1,'axis_1'=2], device_ids=([2,2]T(1,0)) {'axis_1'}``: groups over named mesh axes
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\](?:, device_ids=\(\[([0-9,]+)\](?:T\(([0-9,]+)\))?\))? "
+                          r"\{([^}]*)\}")
+
+
+def explicit_replica_groups(text: str) -> str:
+    """HLO text with replica groups written over mesh axes (``replica_groups=mesh[...], device_ids=(...) {axes}``,
+    as XLA prints a partitioned module) spelled out as device lists (``{{0,1},{2,3}}``): the HLO -> MLIR converter
+    keeps the mesh form but drops its ``device_ids`` order, which decides which devices form a group (a data group
+    of a transposed device order has stride 1, not the model axis's size)."""
+    def groups(m: re.Match) -> str:
+        axes = re.findall(r"'([^']+)'=(\d+)", m.group(1))
+        names, sizes = [a for a, _ in axes], [int(n) for _, n in axes]
+        total = int(np.prod(sizes)) if sizes else 1
+        devices = np.arange(total)
+        if m.group(2):
+            tile = [int(x) for x in m.group(2).split(",")]
+            devices = devices.reshape(tile)
+            if m.group(3):
+                devices = devices.transpose([int(x) for x in m.group(3).split(",")])
+        devices = devices.reshape(sizes)
+        wanted = re.findall(r"'([^']+)'", m.group(4))
+        if not wanted or any(w not in names for w in wanted):
+            return m.group(0)
+        order = [i for i, n in enumerate(names) if n not in wanted] + [names.index(w) for w in wanted]
+        size = int(np.prod([sizes[names.index(w)] for w in wanted]))
+        rows = devices.transpose(order).reshape(-1, size)
+        return "replica_groups={" + ",".join("{" + ",".join(str(int(d)) for d in r) + "}" for r in rows) + "}"
+    return _MESH_GROUPS.sub(groups, text)
+
+
+def sync_tuple_collectives(text: str) -> str:
+    """HLO text with each combined (tuple) asynchronous collective written as one synchronous collective per
+    member at its ``-done``, tupled back: the HLO -> MLIR converter refuses an async tuple all-gather or
+    reduce-scatter ("Async tuple ... is not supported"), and StableHLO's collectives take one operand; XLA:GPU
+    makes such tuples when it combines the collectives of a sequence-parallel layer. Each member keeps its operand,
+    groups, result and place in the schedule (where the result is ready); only the overlap XLA scheduled between
+    start and done is lost (it is priced as blocking there)."""
+    starts: dict[str, tuple[str, str, str]] = {}
+    for line in text.splitlines():
+        m = _TUPLE_START.match(line)
+        if m:
+            starts[m.group(1)] = (m.group(3), m.group(5), m.group(6))
+    if not starts:
+        return text
+    out = []
+    for line in text.splitlines():
+        m = _TUPLE_START.match(line)
+        if m and m.group(1) in starts:
+            continue
+        d = _DONE.match(line)
+        if d and d.group(6) in starts:
+            indent, root, name, shape, kind, start = d.group(1), d.group(2) or "", d.group(3), d.group(4), d.group(5), d.group(6)
+            results, operands, attrs = starts[start]
+            shapes, names_ = _top_level_split(results[1:-1]), [o.strip() for o in operands.split(",")]
+            if len(shapes) != len(names_):
+                out.append(line)
+                continue
+            members = []
+            for i, (sh, op) in enumerate(zip(shapes, names_)):
+                members.append(f"%{name}.member{i}")
+                out.append(f"{indent}%{name}.member{i} = {sh} {kind}({op}), {attrs}")
+            line = f"{indent}{root}%{name} = {shape} tuple({', '.join(members)})"
+        out.append(line)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def _top_level_split(text: str) -> list[str]:
+    """``a[1,2]{1,0}, b[3]{0}`` -> its comma-separated items, commas inside brackets and braces kept."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        depth += {"[": 1, "{": 1, "(": 1, "]": -1, "}": -1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    if cur:
+        parts.append("".join(cur).strip())
+    return parts
 
 
 # one instruction of HLO text: ``[ROOT ]%name = shape opcode(operands)...``

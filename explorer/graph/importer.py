@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -463,6 +464,13 @@ class _Importer:
         for op in self.module.body.operations:
             if op.operation.name == "sdy.mesh":
                 meshes[op.attributes["sym_name"].value] = str(op.attributes["mesh"])
+        if meshes:
+            for i, op in enumerate(self.ops):
+                groups = op.attrs.get("replica_groups")
+                if isinstance(groups, str) and groups.startswith(_MESH_GROUPS):
+                    attrs = dict(op.attrs)
+                    attrs["replica_groups"] = mesh_axes_groups(groups, meshes, op.name)
+                    self.ops[i] = replace(op, attrs=freeze(attrs))
         return Graph(
             input_attrs=_dict_attrs(fn, "arg_attrs", len(inputs)),
             output_attrs=_dict_attrs(fn, "res_attrs", len(outputs)),
@@ -700,3 +708,33 @@ def import_module(module: Any, name: str = "") -> Graph:
             name = "module"
     with paused_gc():
         return _Importer(module, name).run()
+
+
+_MESH_GROUPS = "#stablehlo.replica_group_mesh_axes"
+
+
+def mesh_axes_groups(text: str, meshes: dict[str, str], op_name: str = "") -> tuple[tuple[int, ...], ...]:
+    """``#stablehlo.replica_group_mesh_axes<mesh = @mesh, axes = [#stablehlo.axis_ref<name = "axis_1">]>`` -> the
+    replica groups it names, as device-id lists: the devices that differ only along the named axes of the module's
+    ``sdy.mesh`` (its ``device_ids`` order, else row-major). XLA writes a collective's groups this way when it
+    partitioned over a mesh; the collective rules read group sizes and strides from the explicit lists."""
+    m = re.search(r"mesh = @([\w.\-]+)", text)
+    if m is None or m.group(1) not in meshes:
+        raise ImportError_(f"{op_name}: replica groups {text!r} name a mesh the module does not declare "
+                           f"(declared: {sorted(meshes)})")
+    mesh_text = meshes[m.group(1)]
+    axes = re.findall(r'"([^"]+)"\s*=\s*(\d+)', mesh_text)
+    names = [a for a, _ in axes]
+    sizes = [int(n) for _, n in axes]
+    wanted = re.findall(r'axis_ref<name = "([^"]+)"', text)
+    if not wanted or any(w not in names for w in wanted):
+        raise ImportError_(f"{op_name}: replica groups {text!r} name axes {wanted} of mesh {mesh_text} "
+                           f"(axes: {names})")
+    ids = re.search(r"device_ids\s*=\s*\[([0-9,\s]*)\]", mesh_text)
+    total = int(np.prod(sizes)) if sizes else 1
+    devices = np.array([int(x) for x in ids.group(1).split(",")] if ids and ids.group(1).strip() else range(total))
+    devices = devices.reshape(sizes) if sizes else devices
+    kept = [i for i, n in enumerate(names) if n not in wanted]
+    order = kept + [names.index(w) for w in wanted]
+    size = int(np.prod([sizes[names.index(w)] for w in wanted]))
+    return tuple(tuple(int(d) for d in row) for row in devices.transpose(order).reshape(-1, size))

@@ -17,9 +17,21 @@ def _group_size(op) -> int:
     return 1
 
 
+def _group_stride(op) -> int:
+    """Device-number distance between neighbours of the first replica group when they are evenly spaced (a
+    data-parallel group of a data x model mesh: the model axis's size), else 1. Says which network the group rides."""
+    groups = op.attrs.get("replica_groups")
+    if not (isinstance(groups, (list, tuple)) and groups and isinstance(groups[0], (list, tuple)) and len(groups[0]) > 1):
+        return 1
+    first = sorted(groups[0])
+    steps = {b - a for a, b in zip(first, first[1:])}
+    return steps.pop() if len(steps) == 1 and min(first[1:]) > 0 else 1
+
+
 def _collective(kind: str, payload: float, op, ins, outs, flops: float = 0.0) -> Work:
     return Work(vector_flops=flops, bytes_read=nbytes(ins), bytes_written=nbytes(outs), collective_bytes=payload,
-                collective=kind, group_size=_group_size(op), dtype=(ins or outs)[0].dtype if (ins or outs) else "")
+                collective=kind, group_size=_group_size(op), group_stride=_group_stride(op),
+                dtype=(ins or outs)[0].dtype if (ins or outs) else "")
 
 
 @rule("stablehlo.all_reduce")
