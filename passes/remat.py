@@ -565,7 +565,10 @@ class _Curves:
     def __init__(self, program, plan: Plan, an: Analysis, options: Mapping[str, Mapping[str, Choice]]):
         self.an, self.options = an, options
         kernels = kernels_of(program, plan)
-        self.base = np.array(main_memory_liveness(program, plan, kernels).live_bytes, dtype=float)
+        # a value some policy gives a live range of its own is priced by its own span below: the base curve gives it
+        # its own buffer too (an elementwise result written over it, or it over an operand, would make the two one)
+        candidates = frozenset(r for opts in options.values() for c in opts.values() for r in (*c.dropped, *c.extend))
+        self.base = np.array(main_memory_liveness(program, plan, kernels, unshared=candidates).live_bytes, dtype=float)
         elsewhere = frozenset((plan.placement or {}).keys())
         ranged = dict(plan.live_ranges or {})
         fused = transient_values(program, kernels) - frozenset(ranged)

@@ -1,5 +1,6 @@
 """Buffers in the peak memory as XLA's buffer assignment allocates them: outputs are allocated before the call
-runs, an input the caller keeps cannot be updated in place (XLA copies it), a donated one is its output's buffer. Checked by hand-derived byte counts,
+runs, an elementwise kernel writes its result over an operand that dies there, an input the caller keeps cannot
+be updated in place (XLA copies it), a donated one is its output's buffer. Checked by hand-derived byte counts,
 and, where the xla-gpu extra is installed, against XLA:GPU's own buffer assignment."""
 from __future__ import annotations
 
@@ -62,8 +63,28 @@ def test_outputs_are_allocated_before_the_call_runs():
         s = jnp.tanh(x @ x).sum()
         return x * s
 
-    # at the tanh: x, the matmul's result, the tanh's and the (not yet written) output
-    assert _peak(step, S((n, n), jnp.float32), pipeline="fuse{strategy=none}") == 4 * m
+    # at the sum: x, the matmul's result (the tanh writes over it: it dies there), the (not yet written) output,
+    # and the sum's f32 initial value and result
+    assert _peak(step, S((n, n), jnp.float32), pipeline="fuse{strategy=none}") == 3 * m + 2 * 4
+
+
+# x, one buffer (the matmul's result, which the tanh and the add write over: the output's) and the f32 constant
+# 1.0; unfused, the constant's broadcast is a whole tensor of its own
+@pytest.mark.parametrize("pipeline,tensors", [("fuse{strategy=xla}", 2), ("fuse{strategy=none}", 3)])
+def test_an_elementwise_kernel_writes_over_an_operand_that_dies_there(pipeline, tensors):
+    n = 256
+    m = n * n * 4
+
+    def act(x):
+        return jnp.tanh(x @ x) + 1.0
+
+    assert _peak(act, S((n, n), jnp.float32), pipeline=pipeline) == tensors * m + 4
+
+    def kept(x):                # the matmul's result is read again later: the tanh cannot take its buffer
+        y = x @ x
+        return jnp.tanh(y) @ y
+
+    assert _peak(kept, S((n, n), jnp.float32), pipeline="fuse{strategy=none}") == 4 * m
 
 
 def test_donation_is_read_from_the_modules_arguments():

@@ -7,7 +7,8 @@ the buffers of its operands and results, which are counted there.
 
 Buffers are counted as XLA's buffer assignment allocates them (its ``peak_memory_in_bytes``: arguments + outputs
 + temporaries - aliased). The outputs are allocated before the call runs, so an output occupies memory from the
-start, not from the op that computes it. Donation (``jax.jit(..., donate_argnums=...)``, written as
+start, not from the op that computes it. An elementwise kernel may write its result over an operand of the same
+size that dies there (``shared`` pairs: XLA's ``CanShareBuffer``), so the two are one buffer. Donation (``jax.jit(..., donate_argnums=...)``, written as
 ``tf.aliasing_output`` / ``jax.buffer_donor`` on the module's arguments) decides what the caller's buffers may
 hold: an input donated to an output (``tf.aliasing_output``) is that output's buffer (one buffer, live
 throughout); one donated without a pairing is freed after its last reader; an input that is not donated
@@ -96,12 +97,16 @@ def alias_roots(graph: Graph, order: list[int] | None = None) -> dict[int, int]:
 
 def live_spans(graph: Graph, order: list[int] | None = None,
                ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None,
-               extend: Mapping[int, int] | None = None) -> dict[int, tuple[tuple[int, int], ...]]:
+               extend: Mapping[int, int] | None = None,
+               shared: Mapping[int, int] | None = None) -> dict[int, tuple[tuple[int, int], ...]]:
     """Root value id -> the (first, last) schedule positions, inclusive, over which it occupies memory: its def-use
     range, or the ``ranges`` a pass gave it (see ``analyse``). Positions index ``order``; ``len(order)`` is the end
     of the program (inputs and outputs live throughout). ``extend``: value id -> an op id that reads it beyond the
     graph's readers (a kernel that recomputes a cheap producer from it: the value stays until that kernel runs).
-    What ``analyse`` sums, for callers that classify values (the training-memory breakdown of
+    ``shared``: result value id -> an operand of the same size whose buffer the result may be written into (an
+    elementwise kernel's, ``explorer.model.memory.shared_buffers``): taken where the operand has no reader after the
+    result is made, as XLA's buffer assignment shares them; the two are then one buffer, listed under the operand's
+    root (the result's root is left out of the spans). What ``analyse`` sums, for callers that classify values (the training-memory breakdown of
     ``explorer.model.memory``)."""
     order = list(range(len(graph.ops))) if order is None else order
     pos = {oid: i for i, oid in enumerate(order)}
@@ -132,23 +137,55 @@ def live_spans(graph: Graph, order: list[int] | None = None,
             start.setdefault(rv, 0)
     inputs = set(graph.inputs)
     for v in graph.outputs:
-        rv = find(v)
-        last[rv] = end
-        if rv not in inputs and rv in start:
-            start[rv] = 0          # allocated before the call runs
+        last[find(v)] = end
     for v, oid in (extend or {}).items():
         rv = find(v)
         if rv in start and oid in pos:
             last[rv] = max(last[rv], pos[oid])
+    merged: dict[int, int] = {}          # a root written into another's buffer -> that buffer's root
+
+    def buffer(v: int) -> int:
+        v = find(v)
+        while v in merged:
+            v = merged[v]
+        return v
+
+    given = ranges or {}
+    tails: dict[int, int] = {}           # a ranged buffer -> where the result written into it after its range dies
+    if shared:
+        def ends(v: int) -> int:         # the last position a buffer is read at (its given range's end)
+            if v in given:
+                b = given[v][-1][1]
+                return max(pos.get(b, end) if b < len(graph.ops) else end, tails.get(v, -1))
+            return last[v]
+
+        for r, v in sorted(shared.items(), key=lambda rv: (start.get(find(rv[0]), end), rv[0])):
+            rr, rv = buffer(r), buffer(v)
+            if rr == rv or rr not in start or rv not in start or rr in inputs or rv in inputs or rr in given \
+                    or ends(rv) > start[rr]:
+                continue
+            if rv in given:              # a re-created value's buffer: the result takes it after its last range
+                tails[rv] = max(tails.get(rv, -1), last.pop(rr))
+            else:
+                last[rv] = max(last[rv], last.pop(rr))
+            del start[rr]
+            merged[rr] = rv
+    for v in graph.outputs:
+        rv = buffer(v)
+        if rv not in inputs and rv in start:
+            start[rv] = 0          # allocated before the call runs
     for out, inp in donated_to_outputs(graph).items():
-        ro = find(out)
+        ro = buffer(out)
         if ro not in inputs and ro in start:     # written into the donated input's buffer: no buffer of its own
             del start[ro], last[ro]
             last[inp] = end
     spans: dict[int, tuple[tuple[int, int], ...]] = {v: ((s, last[v]),) for v, s in start.items()}
-    for v, given in (ranges or {}).items():
+    for v, iv in given.items():
         spans[v] = tuple((pos.get(a, end) if a < len(graph.ops) else end,
-                          pos.get(b, end) if b < len(graph.ops) else end) for a, b in given)
+                          pos.get(b, end) if b < len(graph.ops) else end) for a, b in iv)
+        if v in tails and spans[v]:
+            a, b = spans[v][-1]
+            spans[v] = spans[v][:-1] + ((a, max(b, tails[v])),)
     return spans
 
 
@@ -156,7 +193,7 @@ def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
             transient: frozenset[int] = frozenset(),
             ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None,
             sizes: Mapping[int, float] | None = None, extend: Mapping[int, int] | None = None,
-            buffers: Sequence[tuple[int, int, float]] = ()) -> Liveness:
+            buffers: Sequence[tuple[int, int, float]] = (), shared: Mapping[int, int] | None = None) -> Liveness:
     """``transient``: values that never reach memory (they stay inside a fused kernel).
 
     ``ranges``: root value id -> the (first op id, last op id) intervals, inclusive, in which it occupies
@@ -165,10 +202,11 @@ def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
     op id means "until the end of the program". ``sizes``: value id -> bytes, replacing the graph's
     (per-device sizes once sharded). ``extend``: see ``live_spans``. ``buffers``: (first op id, last op id, bytes)
     of memory no graph value holds (a combined all-reduce's contiguous buffer), counted in the curve and the peak.
+    ``shared``: see ``live_spans``.
     """
     order = list(range(len(graph.ops))) if order is None else order
     end = len(order)
-    spans = live_spans(graph, order, ranges, extend)
+    spans = live_spans(graph, order, ranges, extend, shared)
 
     def nbytes(v: int) -> int:
         if v in transient:

@@ -15,17 +15,90 @@ from . import liveness
 from .traffic import transient_values
 
 
-def main_memory_liveness(program: Any, plan: Any, kernels: Sequence[Any]) -> liveness.Liveness:
+def main_memory_liveness(program: Any, plan: Any, kernels: Sequence[Any],
+                         unshared: frozenset[int] = frozenset()) -> liveness.Liveness:
     """Main-memory liveness as pricing reports it: values inside fused kernels and values placed in another
-    level left out; the plan's live-range overrides (remat, activation offload) and per-device sizes applied."""
+    level left out; the plan's live-range overrides (remat, activation offload) and per-device sizes applied; an
+    elementwise kernel's result written over an operand that dies there (``shared_buffers``). ``unshared``: values
+    that neither take nor lend a buffer (the candidates of a pass about to give them live ranges of their own: its
+    memory curves price each by its own span)."""
     elsewhere = frozenset((plan.placement or {}).keys())
     ranged = frozenset(plan.live_ranges or ())   # a value given a live range is materialised over it
     end = len(program.graph.ops)
     buffers = [(e.after_op, e.holds_until if e.holds_until >= 0 else end, e.holds_bytes)
                for e in plan.extra_kernels if e.holds_bytes > 0]
+    shared = shared_buffers(program, plan, kernels)
+    if unshared:
+        shared = {r: v for r, v in shared.items() if r not in unshared and v not in unshared}
     return liveness.analyse(program.graph, transient=(transient_values(program, kernels) - ranged) | elsewhere,
                             ranges=plan.live_ranges, sizes=plan.value_bytes, extend=recompute_reads(program, kernels),
-                            buffers=buffers)
+                            buffers=buffers, shared=shared)
+
+
+# ops that read an operand other than element by element (or carry a kernel of their own): a kernel holding one
+# writes no result over an operand's buffer
+_NOT_ELEMENTWISE = frozenset({
+    "stablehlo.reduce", "stablehlo.reduce_window", "stablehlo.transpose", "stablehlo.gather", "stablehlo.scatter",
+    "stablehlo.sort", "stablehlo.slice", "stablehlo.dynamic_slice", "stablehlo.dynamic_update_slice",
+    "stablehlo.concatenate", "stablehlo.pad", "stablehlo.reverse", "stablehlo.custom_call", "chlo.top_k",
+    "stablehlo.fft", "stablehlo.select_and_scatter", "stablehlo.cholesky", "stablehlo.triangular_solve",
+    "stablehlo.rng_bit_generator", "stablehlo.rng", "stablehlo.while", "stablehlo.case", "stablehlo.if",
+    "stablehlo.broadcast_in_dim", "stablehlo.iota", "stablehlo.convolution", "stablehlo.dot_general"})
+
+
+def shared_buffers(program: Any, plan: Any, kernels: Sequence[Any]) -> dict[int, int]:
+    """Result value id -> the operand whose buffer an elementwise kernel may write it into, as XLA's buffer
+    assignment lets a loop fusion's output share a buffer with an operand of the same shape that it reads element
+    by element (``CanShareBuffer``): an optimizer's update written over the gradient, an activation over its
+    pre-activation. The liveness takes a pair only where the operand is dead once the result is made. Program
+    inputs never lend their buffer (the caller's, or a donated one paired to its output), nor does a value a
+    collective delivers to the kernel (XLA:GPU's combined all-reduce leaves it in the bucket's buffer, read in
+    place). Kept on the plan's kernels (read only)."""
+    memo = _SHARED.get(id(kernels))
+    if memo is not None and memo[0] is kernels and memo[1] is program and memo[2] is plan:
+        return memo[3]
+    graph = program.graph
+    inputs = set(graph.inputs)
+    size = plan.nbytes
+    delivered_to: dict[int, set[int]] = {}
+    for v, o in (plan.boundaries or ()):
+        delivered_to.setdefault(o, set()).add(v)
+    out: dict[int, int] = {}
+    for k in kernels:
+        if k.kind not in ("loop", "single") or not k.reads or not k.writes:
+            continue
+        ok = True
+        for o in k.priced_ops:
+            op = graph.ops[o]
+            if op.name == "mhlo.fusion":      # a compiler's fusion: its body ops are the kernel's ops
+                continue
+            w = program.works[o]
+            name = op.name.replace("mhlo.", "stablehlo.", 1)
+            if op.regions or name in _NOT_ELEMENTWISE or (w is not None and (w.matrix_flops or w.collective)):
+                ok = False
+                break
+        if not ok:
+            continue
+        lent: set[int] = set()
+        for o in k.ops:
+            lent |= delivered_to.get(o, set())
+        for r, _ in k.writes:
+            t = graph.values[r]
+            for v, _ in k.reads:
+                u = graph.values[v]
+                if v in lent or v in inputs or v == r or u.shape != t.shape or u.dtype != t.dtype \
+                        or size(program, v) != size(program, r):
+                    continue
+                out[r] = v
+                lent.add(v)
+                break
+    while len(_SHARED) >= 4:
+        _SHARED.pop(next(iter(_SHARED)))
+    _SHARED[id(kernels)] = (kernels, program, plan, out)
+    return out
+
+
+_SHARED: dict[int, tuple] = {}
 
 
 def recompute_reads(program: Any, kernels: Sequence[Any]) -> dict[int, int]:
