@@ -41,6 +41,22 @@ def test_graph_outputs_answer_membership_like_the_tuple(gpt2):
         assert (v in outs) == (v in plain)
 
 
+def test_cycles_made_while_paused_are_still_collected():
+    import weakref
+
+    class Node:
+        pass
+
+    with paused_gc():
+        a, b = Node(), Node()
+        a.other, b.other = b, a          # a reference cycle: only the cyclic collector frees it
+        ref = weakref.ref(a)
+        del a, b
+    assert gc.get_freeze_count() == 0    # nothing left in the permanent generation
+    gc.collect()
+    assert ref() is None
+
+
 def test_paused_gc_restores_the_collector():
     assert gc.isenabled()
     with paused_gc():
