@@ -108,19 +108,37 @@ class Fusion:
     split_k: frozenset[int] = frozenset()   # matmuls XLA:GPU splits along K (partial sums through memory)
 
 
+class _Lazy(dict):
+    """A dict whose missing entry is made by ``make(key)`` (and kept)."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        value = self[key] = self.make(key)
+        return value
+
+    def take(self, key):
+        """Remove and return the entry, made first if it was never read."""
+        return self.pop(key) if key in self else self.make(key)
+
+
 class _State:
     """Union-find over the ops that are kernels, with, per group, the ops recomputed (duplicated) in it."""
 
     def __init__(self, program, cls: dict[int, str], owned: Iterable[int]):
         self.program, self.graph, self.cls = program, program.graph, cls
         self.users = self.graph.consumers()
+        self.kernel_ops = owned           # the ops that are kernels before any fusion (the program's facts)
         owned = tuple(owned)
         self.parent: dict[int, int] = {o: o for o in owned}
         self.members: dict[int, list[int]] = {o: [o] for o in owned}
-        self.copies: dict[int, set[int]] = {o: set() for o in owned}
-        self.kinds: dict[int, set[str]] = {o: {cls[o]} for o in owned}
+        # per root, made when first read (most groups never merge: a set per op up front was a fifth of a run)
+        self.copies: dict[int, set[int]] = _Lazy(lambda o: set())
+        self.kinds: dict[int, set[str]] = _Lazy(lambda o: {cls[o]})
         # root -> significant reductions in the group
-        self.reduces: dict[int, int] = {o: int(self._significant_reduce(o)) if cls[o] == "reduce" else 0 for o in owned}
+        self.reduces: dict[int, int] = _Lazy(lambda o: int(self._significant_reduce(o)))
         self.copied_in: dict[int, set[int]] = {}   # unowned op -> roots of the groups recomputing it
 
     def _significant_reduce(self, o: int) -> bool:
@@ -148,9 +166,9 @@ class _State:
             ra, rb = rb, ra
         self.parent[rb] = ra
         self.members[ra].extend(self.members.pop(rb))
-        self.copies[ra] |= self.copies.pop(rb)
-        self.kinds[ra] |= self.kinds.pop(rb)
-        self.reduces[ra] += self.reduces.pop(rb)
+        self.copies[ra] |= self.copies.take(rb)
+        self.kinds[ra] |= self.kinds.take(rb)
+        self.reduces[ra] += self.reduces.take(rb)
         return ra
 
     def duplicate(self, p: int, roots: set[int]) -> None:
@@ -160,7 +178,9 @@ class _State:
         for r in roots:
             self.copies[r].add(p)
         self.copied_in[p] = set(roots)
-        del self.parent[p], self.members[rp], self.copies[rp], self.kinds[rp], self.reduces[rp]
+        del self.parent[p], self.members[rp]
+        for lazy in (self.copies, self.kinds, self.reduces):
+            lazy.pop(rp, None)
 
     def readers(self, vid: int) -> tuple[set[int], set[int]] | None:
         """(the groups reading value ``vid``, the reader ops in them), looking through views and broadcasts that
@@ -907,6 +927,7 @@ def _producer_consumer(program, st: _State, order: _Order, space, made: set[Edge
     multi-output fusion). Never into a matmul group; never two reductions; never when a path from the producer
     through another group comes back to the reader (a cycle)."""
     graph = program.graph
+    forbidden_from = {a for a, _ in forbid}
     for root in sorted(list(st.members), key=lambda r: -max(st.members[r])):
         if root not in st.members:
             continue
@@ -927,7 +948,7 @@ def _producer_consumer(program, st: _State, order: _Order, space, made: set[Edge
             if graph.ops[st.members[c][0]].frames != graph.ops[members[0]].frames:
                 continue
             inside = set(st.members[c]) | st.copies[c]
-            if any((o, u) in forbid for o in members for u in inside):
+            if not forbidden_from.isdisjoint(members) and any((o, u) in forbid for o in members for u in inside):
                 continue
             if _hero_space(program, st, space, c) != mine:
                 continue
@@ -1047,6 +1068,26 @@ def _group_readers(program, st: _State, node: int) -> set[int]:
     return out
 
 
+_SIBLING_CANDIDATES: dict[int, tuple[Any, tuple[int, ...]]] = {}
+
+
+def _sibling_candidates(program, st: _State) -> tuple[int, ...]:
+    """The values (not scalars) two or more kernel ops read, ascending: the only ones whose readers can be sibling
+    groups (a group is made of kernel ops, and fusion only takes ops out of groups, never adds kernels). The same
+    for every run on one program: kept for the last few (``fusion_decisions`` re-runs the pass per decision)."""
+    key = id(st.kernel_ops)
+    hit = _SIBLING_CANDIDATES.get(key)
+    if hit is not None and hit[0] is st.kernel_ops:
+        return hit[1]
+    graph, kernel = program.graph, set(st.kernel_ops)
+    out = tuple(v for v in sorted(st.users) if graph.values[v].elements > 1
+                and sum(1 for u in st.users[v] if u in kernel) >= 2)
+    while len(_SIBLING_CANDIDATES) >= 4:
+        _SIBLING_CANDIDATES.pop(next(iter(_SIBLING_CANDIDATES)))
+    _SIBLING_CANDIDATES[key] = (st.kernel_ops, out)
+    return out
+
+
 def _siblings(program, st: _State, order: _Order, space, made: set[Edge], flavour: str = "gpu") -> None:
     """Groups that read the same value (not a scalar) and do not depend on each other merge when their loops have
     the same shape (XLA's sibling multi-output fusion); not matmul groups, not readers of a matmul's result (XLA:GPU
@@ -1055,10 +1096,8 @@ def _siblings(program, st: _State, order: _Order, space, made: set[Edge], flavou
     but only groups whose results have one element type (``mixed_loop_and_reduction``: a bf16 loop and an f32
     sum stay apart; ``sib_loop_and_max_bf16``, ``sib_loop_and_reduce_f32`` merge)."""
     graph = program.graph
-    for v in sorted(st.users):
+    for v in _sibling_candidates(program, st):
         readers = st.users[v]
-        if graph.values[v].elements <= 1:
-            continue
         p = producer_through_views(graph, v, st.cls)
         if p is not None and st.owned(p) and "matmul" in st.kinds[st.find(p)]:
             continue

@@ -18,6 +18,7 @@ first copies it into a new buffer: the result is not the input's memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Mapping, Sequence
 
 from ..graph.ir import Graph
@@ -70,9 +71,18 @@ _VIEWS = frozenset({"stablehlo.reshape", "stablehlo.bitcast_convert", "stablehlo
 def alias_roots(graph: Graph, order: list[int] | None = None) -> dict[int, int]:
     """view value -> the value whose memory it shares (its root; views of views resolve to the first).
 
-    Public so that passes reasoning about live ranges (remat) group reads exactly as ``analyse`` does.
+    Public so that passes reasoning about live ranges (remat) group reads exactly as ``analyse`` does. In program
+    order (``order`` None) it is kept on the graph and read only (a fusion run and every liveness ask for it).
     """
-    order = list(range(len(graph.ops))) if order is None else order
+    if order is None:
+        cached = graph.__dict__.get("_alias_roots")
+        if cached is None:
+            cached = graph.__dict__["_alias_roots"] = MappingProxyType(_alias_roots(graph, range(len(graph.ops))))
+        return cached
+    return _alias_roots(graph, order)
+
+
+def _alias_roots(graph: Graph, order) -> dict[int, int]:
     root: dict[int, int] = {}
     owned = frozenset(graph.inputs) - donated_inputs(graph)     # inputs the caller keeps: never written
     for oid in order:
@@ -106,11 +116,11 @@ def live_spans(graph: Graph, order: list[int] | None = None,
     ``shared``: result value id -> an operand of the same size whose buffer the result may be written into (an
     elementwise kernel's, ``explorer.model.memory.shared_buffers``): taken where the operand has no reader after the
     result is made, as XLA's buffer assignment shares them; the two are then one buffer, listed under the operand's
-    root (the result's root is left out of the spans). What ``analyse`` sums, for callers that classify values (the training-memory breakdown of
-    ``explorer.model.memory``)."""
+    root (the result's root is left out of the spans). What ``analyse`` sums, for callers that classify values
+    (the training-memory breakdown of ``explorer.model.memory``)."""
+    root = alias_roots(graph, order)
     order = list(range(len(graph.ops))) if order is None else order
     pos = {oid: i for i, oid in enumerate(order)}
-    root = alias_roots(graph, order)
 
     def find(v: int) -> int:
         return root.get(v, v)
@@ -204,9 +214,9 @@ def analyse(graph: Graph, order: list[int] | None = None, top: int = 10,
     of memory no graph value holds (a combined all-reduce's contiguous buffer), counted in the curve and the peak.
     ``shared``: see ``live_spans``.
     """
+    spans = live_spans(graph, order, ranges, extend, shared)
     order = list(range(len(graph.ops))) if order is None else order
     end = len(order)
-    spans = live_spans(graph, order, ranges, extend, shared)
 
     def nbytes(v: int) -> int:
         if v in transient:
