@@ -82,9 +82,16 @@ def priced_items(program: Program, plan: Plan) -> list[PricedItem]:
     """The rows of ``price``, in its order: the plan's kernels (those that run), inserted work, transfers."""
     graph = program.graph
     out: list[PricedItem] = []
+    memo = _item_memo(program, plan)
     for kern in kernels_of(program, plan):
+        hit = memo.get(id(kern))
+        if hit is not None and hit[0] is kern:
+            if hit[1] is not None:
+                out.append(hit[1])
+            continue
         runs = program.weights[kern.ops[0]]
         if runs == 0:
+            memo[id(kern)] = (kern, None)
             continue
         works = tuple(w for w in (plan.work(program, o) for o in kern.priced_ops) if w is not None)
         lead = _lead_op(program, kern.ops)
@@ -93,8 +100,10 @@ def priced_items(program: Program, plan: Plan) -> list[PricedItem]:
         step = schedule.Row(engine=schedule.engine_of(collective, kern.kind == "copy"), runs=runs,
                             overlappable=kern.overlappable, ops=kern.ops, reads=tuple(v for v, _ in kern.reads),
                             layer=layer, phase=phase)
-        out.append(PricedItem("kernel", runs, works, kernel=kern, phase=phase, layer=layer, prim=prim, lead=lead,
-                              step=step))
+        item = PricedItem("kernel", runs, works, kernel=kern, phase=phase, layer=layer, prim=prim, lead=lead,
+                          step=step)
+        memo[id(kern)] = (kern, item)
+        out.append(item)
     for extra in plan.extra_kernels:
         runs = program.weights[extra.after_op] if extra.after_op >= 0 else 1.0
         if runs == 0:
@@ -110,6 +119,25 @@ def priced_items(program: Program, plan: Plan) -> list[PricedItem]:
         out.append(PricedItem("transfer", 1.0, level=level_name, nbytes=nbytes, phase="transfer",
                               layer="(transfers)", step=schedule.Row(engine=schedule.COPIES, runs=1.0, transfer=True)))
     return out
+
+
+_ITEMS: list[tuple[Any, Any, dict]] = []
+
+
+def _item_memo(program: Program, plan: Plan) -> dict:
+    """id(kernel) -> (kernel, its ``PricedItem`` or None when it never runs), for the last two (program, per-device
+    works) pairs: a workflow re-pricing plans that differ in a few kernels (``fusion_decisions``) makes each
+    unchanged kernel's item once (a kernel is reused by ``build_kernels`` when its group did not change). An item
+    depends on nothing else: the same kernel object under the same works is the same item."""
+    for prog, overrides, memo in _ITEMS:
+        if prog is program and overrides is plan.work_overrides:
+            if len(memo) > 200_000:
+                memo.clear()
+            return memo
+    while len(_ITEMS) >= 2:
+        _ITEMS.pop(0)
+    _ITEMS.append((program, plan.work_overrides, {}))
+    return _ITEMS[-1][2]
 
 
 def step_graph(program: Program, plan: Plan, items: Sequence[PricedItem], target) -> schedule.StepGraph:
