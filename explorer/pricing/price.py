@@ -197,31 +197,41 @@ def _rows(program: Program, target, plan: Plan, items: Sequence[PricedItem]) -> 
     total_flops = total_trans = total_bytes = 0.0
     counted: set[int] = set()
     main = target.main_memory
+    made = _row_memo(target, plan.placement)
     for it in items:
         runs = it.runs
         if it.kind == "kernel":
             kern, works = it.kernel, it.works
-            own = [w for w in (plan.work(program, o) for o in kern.priced_ops if o not in counted) if w is not None]
-            counted.update(kern.priced_ops)
-            traffic = traffic_by_level(target, plan.placement, kern)
-            key = (tuple(map(id, works)), tuple(traffic.items()))
-            hit = memo.get(key)
-            if hit is None:
-                t = timing.kernel_time(target, works, traffic)
-                memo[key] = (works, t)       # the works kept: their ids stay theirs while the entry lives
+            if kern.recomputed or not counted.isdisjoint(kern.ops):
+                own = [w for w in (plan.work(program, o) for o in kern.priced_ops if o not in counted) if w is not None]
             else:
-                t = hit[1]
-            label = it.prim or graph.ops[it.lead].short_name
-            if len(kern.ops) > 1:
-                label = f"fusion[{label}+{len(kern.ops) - 1}]"
-            flops = sum(w.flops for w in works)
-            trans = sum(w.transcendentals for w in works)
-            rows.append(KernelRow(
-                name=label, ops=kern.ops, layer=it.layer, phase=it.phase, executions=runs, flops=flops * runs,
-                transcendentals=trans * runs, bytes_moved=kern.bytes_moved * runs,
-                collective_bytes=sum(w.collective_bytes for w in works) * runs,
-                compute_s=t.compute_s, memory_s=t.memory_s, comm_s=t.comm_s, overhead_s=t.overhead_s, bound=t.bound,
-                overlappable=kern.overlappable, algorithm=t.algorithm))
+                own = works              # its ops counted nowhere else: its own work is all of it (the same list)
+            counted.update(kern.priced_ops)
+            hit = made.get(id(it))
+            if hit is not None and hit[0] is it:
+                row = hit[1]
+            else:
+                traffic = traffic_by_level(target, plan.placement, kern)
+                key = (tuple(map(id, works)), tuple(traffic.items()))
+                known = memo.get(key)
+                if known is None:
+                    t = timing.kernel_time(target, works, traffic)
+                    memo[key] = (works, t)       # the works kept: their ids stay theirs while the entry lives
+                else:
+                    t = known[1]
+                label = it.prim or graph.ops[it.lead].short_name
+                if len(kern.ops) > 1:
+                    label = f"fusion[{label}+{len(kern.ops) - 1}]"
+                flops = sum(w.flops for w in works)
+                trans = sum(w.transcendentals for w in works)
+                row = KernelRow(
+                    name=label, ops=kern.ops, layer=it.layer, phase=it.phase, executions=runs, flops=flops * runs,
+                    transcendentals=trans * runs, bytes_moved=kern.bytes_moved * runs,
+                    collective_bytes=sum(w.collective_bytes for w in works) * runs,
+                    compute_s=t.compute_s, memory_s=t.memory_s, comm_s=t.comm_s, overhead_s=t.overhead_s,
+                    bound=t.bound, overlappable=kern.overlappable, algorithm=t.algorithm)
+                made[id(it)] = (it, row)
+            rows.append(row)
             # the program's flops count each op once, where several kernels recompute it too (its rows say how often)
             total_flops += sum(w.flops for w in own) * runs
             total_trans += sum(w.transcendentals for w in own) * runs
@@ -246,6 +256,24 @@ def _rows(program: Program, target, plan: Plan, items: Sequence[PricedItem]) -> 
                 memory_s=t.memory_s, comm_s=0.0, overhead_s=0.0, bound="memory"))
             total_bytes += it.nbytes
     return _mark_phases(rows), total_flops, total_trans, total_bytes
+
+
+_ROWS: list[tuple[Any, Any, dict]] = []
+
+
+def _row_memo(target, placement) -> dict:
+    """id(priced item) -> (item, its ``KernelRow``) on ``target`` under ``placement``, for the last two pairs: an item
+    kept by ``priced_items`` (an unchanged kernel of a re-priced plan) is timed once. A row depends on nothing
+    else: the item holds the kernel, its works and runs; the target and placement give its traffic and time."""
+    for tgt, plc, memo in _ROWS:
+        if tgt is target and plc is placement:
+            if len(memo) > 200_000:
+                memo.clear()
+            return memo
+    while len(_ROWS) >= 2:
+        _ROWS.pop(0)
+    _ROWS.append((target, placement, {}))
+    return _ROWS[-1][2]
 
 
 _KERNEL_MEMO: dict[int, tuple[Any, dict]] = {}
