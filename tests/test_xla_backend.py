@@ -268,3 +268,15 @@ def test_a_module_with_groups_over_mesh_axes_prices_them_over_their_devices(axis
     assert op.attrs["replica_groups"] == groups
     w = prog.works[op.id]
     assert (w.group_size, w.group_stride) == (2, stride)
+
+
+def test_a_long_tuple_collective_loses_the_printers_index_comments():
+    """HLO prints ``/*index=5*/`` before the sixth element of a long tuple: a member's shape is the shape alone."""
+    shapes = ", ".join(f"{'/*index=5*/' if i == 5 else ''}f32[4]{{0}}" for i in range(6))
+    ins = ", ".join(f"{'/*index=5*/' if i == 5 else ''}f32[2]{{0}}" for i in range(6))
+    operands = ", ".join(f"%p{i}" for i in range(6))
+    text = (f"  %s = (({ins}), ({shapes})) all-gather-start({operands}), replica_groups={{{{0,1}}}}, dimensions={{0}}\n"
+            f"  %d = ({shapes}) all-gather-done(%s)\n")
+    out = xla.sync_tuple_collectives(text).splitlines()
+    assert out[5] == "  %d.member5 = f32[4]{0} all-gather(%p5), replica_groups={{0,1}}, dimensions={0}"
+    assert out[6].startswith("  %d = (") and out[6].endswith("tuple(" + ", ".join(f"%d.member{i}" for i in range(6)) + ")")

@@ -406,7 +406,8 @@ def sync_tuple_collectives(text: str) -> str:
         if d and d.group(6) in starts:
             indent, root, name, shape, kind, start = d.group(1), d.group(2) or "", d.group(3), d.group(4), d.group(5), d.group(6)
             results, operands, attrs = starts[start]
-            shapes, names_ = _top_level_split(results[1:-1]), [o.strip() for o in operands.split(",")]
+            shapes = [re.sub(r"/\*.*?\*/", "", sh).strip() for sh in _top_level_split(results[1:-1])]
+            names_ = [o.strip() for o in operands.split(",")]
             if len(shapes) != len(names_):
                 out.append(line)
                 continue
