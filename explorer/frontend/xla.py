@@ -339,7 +339,8 @@ def optimized_module(compiled: Any) -> bytes:
             if "Async tuple" not in str(exc):
                 raise CompilerError(f"the optimized module could not be converted to MLIR: {exc}") from exc
     try:
-        relaid = hlo.hlo_module_from_text(_without_entry_layout(explicit_replica_groups(sync_tuple_collectives(portable))))
+        rewritten = explicit_replica_groups(sync_tuple_collectives(portable))
+        relaid = hlo.hlo_module_from_text(_without_entry_layout(rewritten))
         return bytes(_jax.mlir.hlo_to_stablehlo(relaid.as_serialized_hlo_module_proto()))
     except Exception as exc:
         raise CompilerError(f"the optimized module could not be converted to MLIR: {exc}") from exc
@@ -365,21 +366,16 @@ def explicit_replica_groups(text: str) -> str:
     def groups(m: re.Match) -> str:
         axes = re.findall(r"'([^']+)'=(\d+)", m.group(1))
         names, sizes = [a for a, _ in axes], [int(n) for _, n in axes]
-        total = int(np.prod(sizes)) if sizes else 1
-        devices = np.arange(total)
+        devices = np.arange(int(np.prod(sizes)) if sizes else 1)
         if m.group(2):
-            tile = [int(x) for x in m.group(2).split(",")]
-            devices = devices.reshape(tile)
+            devices = devices.reshape([int(x) for x in m.group(2).split(",")])
             if m.group(3):
                 devices = devices.transpose([int(x) for x in m.group(3).split(",")])
-        devices = devices.reshape(sizes)
         wanted = re.findall(r"'([^']+)'", m.group(4))
         if not wanted or any(w not in names for w in wanted):
             return m.group(0)
-        order = [i for i, n in enumerate(names) if n not in wanted] + [names.index(w) for w in wanted]
-        size = int(np.prod([sizes[names.index(w)] for w in wanted]))
-        rows = devices.transpose(order).reshape(-1, size)
-        return "replica_groups={" + ",".join("{" + ",".join(str(int(d)) for d in r) + "}" for r in rows) + "}"
+        rows = importer.groups_along(devices.reshape(sizes), names, wanted)
+        return "replica_groups={" + ",".join("{" + ",".join(str(d) for d in r) + "}" for r in rows) + "}"
     return _MESH_GROUPS.sub(groups, text)
 
 
@@ -404,7 +400,7 @@ def sync_tuple_collectives(text: str) -> str:
             continue
         d = _DONE.match(line)
         if d and d.group(6) in starts:
-            indent, root, name, shape, kind, start = d.group(1), d.group(2) or "", d.group(3), d.group(4), d.group(5), d.group(6)
+            indent, root, name, shape, kind, start = d.groups()
             results, operands, attrs = starts[start]
             shapes = [re.sub(r"/\*.*?\*/", "", sh).strip() for sh in _top_level_split(results[1:-1])]
             names_ = [o.strip() for o in operands.split(",")]
@@ -415,7 +411,7 @@ def sync_tuple_collectives(text: str) -> str:
             for i, (sh, op) in enumerate(zip(shapes, names_)):
                 members.append(f"%{name}.member{i}")
                 out.append(f"{indent}%{name}.member{i} = {sh} {kind}({op}), {attrs}")
-            line = f"{indent}{root}%{name} = {shape} tuple({', '.join(members)})"
+            line = f"{indent}{root or ''}%{name} = {shape} tuple({', '.join(members)})"
         out.append(line)
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 

@@ -23,14 +23,14 @@ from __future__ import annotations
 import io
 import os
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from jax.extend.mlir import deserialize_portable_artifact, ir
-from jax.extend.mlir.dialects import stablehlo as shlo
+from jax.extend.mlir.dialects import sdy, stablehlo as shlo
 
 from .ir import Frame, Graph, LoopInfo, Op, TensorType, freeze, new_op
 from . import loops
@@ -299,6 +299,10 @@ def attr_to_py(name: str, attr: Any) -> Any:
                 "kernel_spatial": tuple(d.kernel_spatial_dimensions),
                 "output_batch": d.output_batch_dimension, "output_feature": d.output_feature_dimension,
                 "output_spatial": tuple(d.output_spatial_dimensions)}
+    if name == "replica_groups" and shlo.ReplicaGroupMeshAxesAttr.isinstance(attr):
+        groups = shlo.ReplicaGroupMeshAxesAttr(attr)
+        return MeshAxesGroups(mesh=str(groups.mesh).lstrip("@"),
+                              axes=tuple(shlo.AxisRefAttr(a).name for a in groups.axes))
     if name == "comparison_direction":
         return shlo.ComparisonDirectionAttr(attr).value
     if kind in ("IntegerAttr", "BoolAttr", "FloatAttr", "StringAttr", "FlatSymbolRefAttr"):
@@ -460,17 +464,18 @@ class _Importer:
         inputs = tuple(self.new_value(a.type) for a in block.arguments)
         names = _arg_names(fn, len(inputs))
         outputs = self.inline(fn, inputs, prefix="", frames=())
-        meshes = {}
+        meshes, devices = {}, {}
         for op in self.module.body.operations:
             if op.operation.name == "sdy.mesh":
-                meshes[op.attributes["sym_name"].value] = str(op.attributes["mesh"])
-        if meshes:
-            for i, op in enumerate(self.ops):
-                groups = op.attrs.get("replica_groups")
-                if isinstance(groups, str) and groups.startswith(_MESH_GROUPS):
-                    attrs = dict(op.attrs)
-                    attrs["replica_groups"] = mesh_axes_groups(groups, meshes, op.name)
-                    self.ops[i] = replace(op, attrs=freeze(attrs))
+                name = op.attributes["sym_name"].value
+                meshes[name] = str(op.attributes["mesh"])
+                devices[name] = _mesh_devices(sdy.MeshAttr(op.attributes["mesh"]))
+        for i, op in enumerate(self.ops):
+            groups = op.attrs.get("replica_groups")
+            if isinstance(groups, MeshAxesGroups):
+                attrs = dict(op.attrs)
+                attrs["replica_groups"] = groups.resolve(devices, op.name)
+                self.ops[i] = replace(op, attrs=freeze(attrs))
         return Graph(
             input_attrs=_dict_attrs(fn, "arg_attrs", len(inputs)),
             output_attrs=_dict_attrs(fn, "res_attrs", len(outputs)),
@@ -710,31 +715,37 @@ def import_module(module: Any, name: str = "") -> Graph:
         return _Importer(module, name).run()
 
 
-_MESH_GROUPS = "#stablehlo.replica_group_mesh_axes"
+@dataclass(frozen=True)
+class MeshAxesGroups:
+    """Replica groups written over axes of a module's ``sdy.mesh`` (``#stablehlo.replica_group_mesh_axes``, as XLA
+    writes them once it partitioned over a mesh): resolved into device lists when the module's meshes are read."""
+
+    mesh: str
+    axes: tuple[str, ...]
+
+    def resolve(self, devices: dict[str, tuple[tuple[str, ...], np.ndarray]], op_name: str = "") -> tuple[tuple[int, ...], ...]:
+        if self.mesh not in devices:
+            raise ImportError_(f"{op_name}: replica groups over @{self.mesh}, a mesh the module does not declare "
+                               f"(declared: {sorted(devices)})")
+        names, grid = devices[self.mesh]
+        if not self.axes or any(a not in names for a in self.axes):
+            raise ImportError_(f"{op_name}: replica groups over axes {list(self.axes)} of @{self.mesh} "
+                               f"(its axes: {list(names)})")
+        return groups_along(grid, names, self.axes)
 
 
-def mesh_axes_groups(text: str, meshes: dict[str, str], op_name: str = "") -> tuple[tuple[int, ...], ...]:
-    """``#stablehlo.replica_group_mesh_axes<mesh = @mesh, axes = [#stablehlo.axis_ref<name = "axis_1">]>`` -> the
-    replica groups it names, as device-id lists: the devices that differ only along the named axes of the module's
-    ``sdy.mesh`` (its ``device_ids`` order, else row-major). XLA writes a collective's groups this way when it
-    partitioned over a mesh; the collective rules read group sizes and strides from the explicit lists."""
-    m = re.search(r"mesh = @([\w.\-]+)", text)
-    if m is None or m.group(1) not in meshes:
-        raise ImportError_(f"{op_name}: replica groups {text!r} name a mesh the module does not declare "
-                           f"(declared: {sorted(meshes)})")
-    mesh_text = meshes[m.group(1)]
-    axes = re.findall(r'"([^"]+)"\s*=\s*(\d+)', mesh_text)
-    names = [a for a, _ in axes]
-    sizes = [int(n) for _, n in axes]
-    wanted = re.findall(r'axis_ref<name = "([^"]+)"', text)
-    if not wanted or any(w not in names for w in wanted):
-        raise ImportError_(f"{op_name}: replica groups {text!r} name axes {wanted} of mesh {mesh_text} "
-                           f"(axes: {names})")
-    ids = re.search(r"device_ids\s*=\s*\[([0-9,\s]*)\]", mesh_text)
-    total = int(np.prod(sizes)) if sizes else 1
-    devices = np.array([int(x) for x in ids.group(1).split(",")] if ids and ids.group(1).strip() else range(total))
-    devices = devices.reshape(sizes) if sizes else devices
-    kept = [i for i, n in enumerate(names) if n not in wanted]
-    order = kept + [names.index(w) for w in wanted]
-    size = int(np.prod([sizes[names.index(w)] for w in wanted]))
-    return tuple(tuple(int(d) for d in row) for row in devices.transpose(order).reshape(-1, size))
+def _mesh_devices(mesh: Any) -> tuple[tuple[str, ...], np.ndarray]:
+    """An ``sdy.MeshAttr`` -> (its axis names, its device ids laid out over its axes: its ``device_ids``, else
+    row-major)."""
+    axes = [sdy.MeshAxisAttr(a) for a in mesh.axes]
+    names, sizes = tuple(a.name for a in axes), [int(a.size) for a in axes]
+    ids = [int(i) for i in mesh.device_ids]
+    return names, np.array(ids or range(int(np.prod(sizes))), dtype=int).reshape(sizes)
+
+
+def groups_along(grid: np.ndarray, names: Sequence[str], axes: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """The replica groups over ``axes`` of a mesh whose device ids are laid out in ``grid`` (one dimension per name
+    in ``names``): the devices that differ only along those axes, each group in the axes' order."""
+    order = [i for i, n in enumerate(names) if n not in axes] + [list(names).index(a) for a in axes]
+    size = int(np.prod([grid.shape[list(names).index(a)] for a in axes]))
+    return tuple(tuple(int(d) for d in row) for row in grid.transpose(order).reshape(-1, size))

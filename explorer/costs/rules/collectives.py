@@ -21,7 +21,8 @@ def _group_stride(op) -> int:
     """Device-number distance between neighbours of the first replica group when they are evenly spaced (a
     data-parallel group of a data x model mesh: the model axis's size), else 1. Says which network the group rides."""
     groups = op.attrs.get("replica_groups")
-    if not (isinstance(groups, (list, tuple)) and groups and isinstance(groups[0], (list, tuple)) and len(groups[0]) > 1):
+    listed = isinstance(groups, (list, tuple)) and groups and isinstance(groups[0], (list, tuple))
+    if not listed or len(groups[0]) < 2:
         return 1
     first = sorted(groups[0])
     steps = {b - a for a, b in zip(first, first[1:])}
