@@ -130,7 +130,6 @@ class _State:
     def __init__(self, program, cls: dict[int, str], owned: Iterable[int]):
         self.program, self.graph, self.cls = program, program.graph, cls
         self.users = self.graph.consumers()
-        self.kernel_ops = owned           # the ops that are kernels before any fusion (the program's facts)
         owned = tuple(owned)
         self.parent: dict[int, int] = {o: o for o in owned}
         self.members: dict[int, list[int]] = {o: [o] for o in owned}
@@ -369,10 +368,11 @@ def _strength_reduced(graph, o: int) -> bool:
         < GEMM_REWRITE_MIN_ELEMENTS
 
 
-def _program_facts(program, flavour: str) -> tuple[dict[int, str], tuple[int, ...], frozenset[int], dict[int, int]]:
+def _program_facts(program, flavour: str) -> tuple[dict[int, str], tuple[int, ...], frozenset[int], dict[int, int],
+                                                 tuple[int, ...]]:
     """What ``decide`` starts from and no option changes: each live op's class, the ops that are kernels, the values
-    computed from nothing, each kernel op's loop size. Kept for the last few programs (read only): workflows re-run
-    the pass with one edge forbidden at a time (``fusion_decisions``)."""
+    computed from nothing, each kernel op's loop size, the values several kernel ops read. Kept for the last few
+    programs (read only): workflows re-run the pass with one edge forbidden at a time (``fusion_decisions``)."""
     key = (id(program), flavour)
     hit = _FACTS.get(key)
     if hit is not None and hit[0] is program:
@@ -389,7 +389,12 @@ def _program_facts(program, flavour: str) -> tuple[dict[int, str], tuple[int, ..
                        or (cls[o] == "generator" and materialised(program, o, cls, users)))
     free = _computed_from_nothing(program, cls, flavour)
     space = {o: space_of(program, o) for o in kernel_ops}
-    facts = (cls, kernel_ops, free, space)
+    # the values (not scalars) two or more kernel ops read, ascending: only their readers can be sibling groups (a
+    # group is made of kernel ops, and fusion takes ops out of groups, never adds kernels)
+    kernel = set(kernel_ops)
+    shared_reads = tuple(v for v in sorted(users) if graph.values[v].elements > 1
+                         and sum(1 for u in users[v] if u in kernel) >= 2)
+    facts = (cls, kernel_ops, free, space, shared_reads)
     while len(_FACTS) >= 4:
         _FACTS.pop(next(iter(_FACTS)))
     _FACTS[key] = (program, facts)
@@ -409,7 +414,7 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
     graph = program.graph
     force = tuple(force)
     flavour = flavour_of(target)
-    cls, kernel_ops, free, space = _program_facts(program, flavour)
+    cls, kernel_ops, free, space, shared_reads = _program_facts(program, flavour)
     users = graph.consumers()
     st = _State(program, cls, kernel_ops)
     made: set[Edge] = set()
@@ -562,7 +567,7 @@ def decide(program, target, forbid: set[Edge], force: Iterable[Edge], multi_outp
         _matmul_outputs(program, st, order, space, made, forbid)
     if multi_output:
         _producer_consumer(program, st, order, space, made, forbid)
-        _siblings(program, st, order, space, made, flavour="tpu" if tpu else "gpu")
+        _siblings(program, st, order, space, made, shared_reads, flavour="tpu" if tpu else "gpu")
     roots = sorted(st.members, key=lambda r: min(st.members[r]))
     relayout = _layout_copies(program, st) if flavour == "gpu" and not aggressive else []
     return Fusion(groups=[sorted(st.members[r]) for r in roots], copies=[frozenset(st.copies[r]) for r in roots],
@@ -1068,27 +1073,8 @@ def _group_readers(program, st: _State, node: int) -> set[int]:
     return out
 
 
-_SIBLING_CANDIDATES: dict[int, tuple[Any, tuple[int, ...]]] = {}
-
-
-def _sibling_candidates(program, st: _State) -> tuple[int, ...]:
-    """The values (not scalars) two or more kernel ops read, ascending: the only ones whose readers can be sibling
-    groups (a group is made of kernel ops, and fusion only takes ops out of groups, never adds kernels). The same
-    for every run on one program: kept for the last few (``fusion_decisions`` re-runs the pass per decision)."""
-    key = id(st.kernel_ops)
-    hit = _SIBLING_CANDIDATES.get(key)
-    if hit is not None and hit[0] is st.kernel_ops:
-        return hit[1]
-    graph, kernel = program.graph, set(st.kernel_ops)
-    out = tuple(v for v in sorted(st.users) if graph.values[v].elements > 1
-                and sum(1 for u in st.users[v] if u in kernel) >= 2)
-    while len(_SIBLING_CANDIDATES) >= 4:
-        _SIBLING_CANDIDATES.pop(next(iter(_SIBLING_CANDIDATES)))
-    _SIBLING_CANDIDATES[key] = (st.kernel_ops, out)
-    return out
-
-
-def _siblings(program, st: _State, order: _Order, space, made: set[Edge], flavour: str = "gpu") -> None:
+def _siblings(program, st: _State, order: _Order, space, made: set[Edge], shared_reads: tuple[int, ...],
+              flavour: str = "gpu") -> None:
     """Groups that read the same value (not a scalar) and do not depend on each other merge when their loops have
     the same shape (XLA's sibling multi-output fusion); not matmul groups, not readers of a matmul's result (XLA:GPU
     leaves those apart), and on a GPU only when one of the two already is a fusion (XLA:GPU merges siblings into a
@@ -1096,7 +1082,7 @@ def _siblings(program, st: _State, order: _Order, space, made: set[Edge], flavou
     but only groups whose results have one element type (``mixed_loop_and_reduction``: a bf16 loop and an f32
     sum stay apart; ``sib_loop_and_max_bf16``, ``sib_loop_and_reduce_f32`` merge)."""
     graph = program.graph
-    for v in _sibling_candidates(program, st):
+    for v in shared_reads:         # the values two kernel ops read (``_program_facts``): the only shared ones
         readers = st.users[v]
         p = producer_through_views(graph, v, st.cls)
         if p is not None and st.owned(p) and "matmul" in st.kinds[st.find(p)]:

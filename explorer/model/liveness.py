@@ -8,8 +8,8 @@ the buffers of its operands and results, which are counted there.
 Buffers are counted as XLA's buffer assignment allocates them (its ``peak_memory_in_bytes``: arguments + outputs
 + temporaries - aliased). The outputs are allocated before the call runs, so an output occupies memory from the
 start, not from the op that computes it. An elementwise kernel may write its result over an operand of the same
-size that dies there (``shared`` pairs: XLA's ``CanShareBuffer``), so the two are one buffer. Donation (``jax.jit(..., donate_argnums=...)``, written as
-``tf.aliasing_output`` / ``jax.buffer_donor`` on the module's arguments) decides what the caller's buffers may
+size that dies there (``shared`` pairs: XLA's ``CanShareBuffer``), so the two are one buffer. Donation
+(``jax.jit(..., donate_argnums=...)``, written as ``tf.aliasing_output`` / ``jax.buffer_donor`` on the module's arguments) decides what the caller's buffers may
 hold: an input donated to an output (``tf.aliasing_output``) is that output's buffer (one buffer, live
 throughout); one donated without a pairing is freed after its last reader; an input that is not donated
 belongs to the caller for the whole call, so an in-place update of it (a KV cache's ``dynamic_update_slice``)

@@ -31,6 +31,7 @@ import numpy as np
 from tabulate import tabulate
 
 from passes.fusion import kernels_of
+from passes.fusion_ops import MATMUL
 
 from ..graph import names
 from ..model.collectives import collective_seconds_of
@@ -403,7 +404,6 @@ def _items_of(estimate) -> list | None:
 
 
 _LAYOUT_OPS = frozenset(f"stablehlo.{n}" for n in ("convert", "reshape", "transpose", "broadcast_in_dim", "copy"))
-_CONTRACTIONS = frozenset(("stablehlo.dot_general", "stablehlo.dot", "stablehlo.convolution"))
 
 
 def _feeds_a_contraction(program, item, depth: int = 4) -> bool:
@@ -417,7 +417,7 @@ def _feeds_a_contraction(program, item, depth: int = 4) -> bool:
         nxt = []
         for oid in frontier:
             op = graph.ops[oid]
-            if op.name in _CONTRACTIONS:
+            if op.name in MATMUL:
                 return True
             if op.name in _LAYOUT_OPS:
                 nxt.extend(u for r in op.results for u in users.get(r, ()) if u >= 0)

@@ -121,23 +121,29 @@ def priced_items(program: Program, plan: Plan) -> list[PricedItem]:
     return out
 
 
-_ITEMS: list[tuple[Any, Any, dict]] = []
+_ITEMS: list[tuple[tuple, dict]] = []
 
 
 def _item_memo(program: Program, plan: Plan) -> dict:
-    """id(kernel) -> (kernel, its ``PricedItem`` or None when it never runs), for the last two (program, per-device
-    works) pairs: a workflow re-pricing plans that differ in a few kernels (``fusion_decisions``) makes each
-    unchanged kernel's item once (a kernel is reused by ``build_kernels`` when its group did not change). An item
-    depends on nothing else: the same kernel object under the same works is the same item."""
-    for prog, overrides, memo in _ITEMS:
-        if prog is program and overrides is plan.work_overrides:
-            if len(memo) > 200_000:
+    """id(kernel) -> (kernel, its ``PricedItem`` or None when it never runs), per (program, per-device works): a
+    workflow re-pricing plans that differ in a few kernels (``fusion_decisions``) makes each unchanged kernel's item
+    once (a kernel is reused by ``build_kernels`` when its group did not change). An item depends on nothing else:
+    the same kernel object under the same works is the same item."""
+    return _memo_for(_ITEMS, (program, plan.work_overrides), 200_000)
+
+
+def _memo_for(store: list[tuple[tuple, dict]], keys: tuple, limit: int) -> dict:
+    """The memo dict kept in ``store`` for these objects (compared by identity), for the last two key tuples; emptied
+    once it holds ``limit`` entries. Results do not depend on it: a miss recomputes the same value."""
+    for held, memo in store:
+        if len(held) == len(keys) and all(a is b for a, b in zip(held, keys)):
+            if len(memo) >= limit:
                 memo.clear()
             return memo
-    while len(_ITEMS) >= 2:
-        _ITEMS.pop(0)
-    _ITEMS.append((program, plan.work_overrides, {}))
-    return _ITEMS[-1][2]
+    while len(store) >= 2:
+        store.pop(0)
+    store.append((keys, {}))
+    return store[-1][1]
 
 
 def step_graph(program: Program, plan: Plan, items: Sequence[PricedItem], target) -> schedule.StepGraph:
@@ -258,39 +264,24 @@ def _rows(program: Program, target, plan: Plan, items: Sequence[PricedItem]) -> 
     return _mark_phases(rows), total_flops, total_trans, total_bytes
 
 
-_ROWS: list[tuple[Any, Any, dict]] = []
+_ROWS: list[tuple[tuple, dict]] = []
 
 
 def _row_memo(target, placement) -> dict:
-    """id(priced item) -> (item, its ``KernelRow``) on ``target`` under ``placement``, for the last two pairs: an item
-    kept by ``priced_items`` (an unchanged kernel of a re-priced plan) is timed once. A row depends on nothing
-    else: the item holds the kernel, its works and runs; the target and placement give its traffic and time."""
-    for tgt, plc, memo in _ROWS:
-        if tgt is target and plc is placement:
-            if len(memo) > 200_000:
-                memo.clear()
-            return memo
-    while len(_ROWS) >= 2:
-        _ROWS.pop(0)
-    _ROWS.append((target, placement, {}))
-    return _ROWS[-1][2]
+    """id(priced item) -> (item, its ``KernelRow``) on ``target`` under ``placement``: an item kept by
+    ``priced_items`` (an unchanged kernel of a re-priced plan) is timed once. A row depends on nothing else: the
+    item holds the kernel, its works and runs; the target and placement give its traffic and time."""
+    return _memo_for(_ROWS, (target, placement), 200_000)
 
 
-_KERNEL_MEMO: dict[int, tuple[Any, dict]] = {}
+_KERNEL_MEMO: list[tuple[tuple, dict]] = []
 
 
 def _kernel_memo(target) -> dict:
     """(ids of a kernel's works, its traffic per level) -> (works, ``timing.kernel_time``) on ``target``, for the last
     two targets: a workflow re-pricing plans that differ in a few kernels (``fusion_decisions``, pipelines compared on
     one target) times each distinct kernel once. The same inputs give the same time: results do not change."""
-    hit = _KERNEL_MEMO.get(id(target))
-    if hit is not None and hit[0] is target and len(hit[1]) < 50_000:
-        return hit[1]
-    while len(_KERNEL_MEMO) >= 2:
-        _KERNEL_MEMO.pop(next(iter(_KERNEL_MEMO)))
-    memo: dict = {}
-    _KERNEL_MEMO[id(target)] = (target, memo)
-    return memo
+    return _memo_for(_KERNEL_MEMO, (target,), 50_000)
 
 
 def _bucket(r: KernelRow, it: PricedItem) -> int:
